@@ -1,0 +1,1 @@
+"""Pallas kernels, installed as lpu_jax.kernels; each has a plain-JAX reference twin and a test."""

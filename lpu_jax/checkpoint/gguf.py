@@ -1,0 +1,119 @@
+"""GGUF files (llama.cpp): configuration, tensors and tokenizer from one file.
+
+Tensors are dequantized to float32 with the `gguf` package, one at a time. llama.cpp's converter
+permutes the rows of the q and k projections (its RoPE pairs neighbouring features, Hugging Face's
+pairs the two halves of a head); that permutation is undone here so the model sees Hugging Face's
+layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lpu_jax.checkpoint.assemble import EMBED, FINAL_NORM, LM_HEAD, build_params
+from lpu_jax.checkpoint.gguf_file import GGUFFile
+from lpu_jax.config import ModelConfig
+from lpu_jax.errors import UserError
+from lpu_jax.model import Params
+
+# GGUF tensor name -> Hugging Face name ({i} is the layer)
+_GLOBAL_NAMES = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM,
+                 "output.weight": LM_HEAD}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def hf_name(gguf_name: str) -> str | None:
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    parts = gguf_name.split(".")  # blk.{i}.{name}.{weight|bias}
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    return None
+
+
+class GGUFCheckpoint:
+    """A GGUF model: its config, tokenizer metadata and tensors under Hugging Face names."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = GGUFFile(path)
+        self.metadata = self._file.metadata
+        self._tensors = {hf_name(name): info for name, info in self._file.tensors.items()
+                         if hf_name(name) is not None}
+
+    def config(self) -> ModelConfig:
+        meta = self.metadata
+        arch = meta.get("general.architecture")
+        if arch != "llama":
+            raise UserError(f"{self.path}: unsupported GGUF architecture {arch!r}: lpu_jax runs "
+                            "'llama' (Llama, Mistral, SmolLM2) models")
+        if "rope_freqs.weight" in self._file.tensors:
+            raise UserError(f"{self.path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 "
+                            "scaling) in GGUF are not handled; use the Hugging Face checkpoint")
+        scaling = meta.get("llama.rope.scaling.type", "none")
+        if scaling not in ("none", None):
+            raise UserError(f"{self.path}: unsupported RoPE scaling type {scaling!r} in GGUF")
+        if meta.get("llama.attention.sliding_window"):
+            raise UserError(f"{self.path}: sliding-window attention is not implemented")
+
+        def need(key):
+            if f"llama.{key}" not in meta:
+                raise UserError(f"{self.path}: GGUF metadata lacks 'llama.{key}'")
+            return int(meta[f"llama.{key}"])
+
+        hidden, heads = need("embedding_length"), need("attention.head_count")
+        tokens = meta.get("tokenizer.ggml.tokens")
+        vocab = meta.get("llama.vocab_size") or (len(tokens) if tokens else None)
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        return ModelConfig(
+            vocab_size=int(vocab) if vocab else self._tensor_rows(EMBED),
+            hidden_size=hidden,
+            intermediate_size=need("feed_forward_length"),
+            num_layers=need("block_count"),
+            num_heads=heads,
+            num_kv_heads=int(meta.get("llama.attention.head_count_kv", heads)),
+            head_dim=int(meta.get("llama.attention.key_length", hidden // heads)),
+            rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+            max_position_embeddings=need("context_length"),
+            tie_word_embeddings=LM_HEAD not in self._tensors,
+            attention_bias="model.layers.0.self_attn.q_proj.bias" in self._tensors,
+            mlp_bias="model.layers.0.mlp.gate_proj.bias" in self._tensors,
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+            eos_token_ids=() if eos is None else (int(eos),),
+        )
+
+    def _tensor_rows(self, name: str) -> int:
+        if name not in self._tensors:
+            raise UserError(f"{self.path}: GGUF file lacks tensor {name!r}")
+        return int(self._tensors[name].shape[0])
+
+    def read(self, name: str, config: ModelConfig) -> np.ndarray:
+        from gguf.quants import dequantize  # imported here: only GGUF users pay for it
+
+        info = self._tensors[name]
+        raw = self._file.read_raw(info.name)
+        array = np.asarray(dequantize(raw, info.ggml_type), dtype=np.float32).reshape(info.shape)
+        if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
+            array = _unpermute_rope_rows(array, config.num_heads)
+        elif name.endswith("self_attn.k_proj.weight") or name.endswith("self_attn.k_proj.bias"):
+            array = _unpermute_rope_rows(array, config.num_kv_heads)
+        return array
+
+    def params(self, config: ModelConfig) -> Params:
+        return build_params(config, self._tensors, lambda name: self.read(name, config),
+                            str(self.path))
+
+
+def _unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Inverse of llama.cpp's convert-time permute: per head, rows (2, H/2) -> (H/2, 2) undone."""
+    rows = w.shape[0]
+    return (w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))

@@ -1,0 +1,60 @@
+"""Hugging Face checkpoint directories: config.json plus one or several .safetensors files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lpu_jax.checkpoint.assemble import build_params
+from lpu_jax.checkpoint.safetensors_file import SafetensorsFile
+from lpu_jax.config import ModelConfig
+from lpu_jax.errors import UserError
+from lpu_jax.model import Params
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    """The weight files, from the sharded index when there is one; pickles are refused."""
+    index = directory / INDEX_FILE
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise UserError(f"{index}: not a valid safetensors index (no weight_map)") from None
+        return [directory / name for name in dict.fromkeys(weight_map.values())]
+    if (directory / SINGLE_FILE).exists():
+        return [directory / SINGLE_FILE]
+    loose = sorted(directory.glob("*.safetensors"))
+    if loose:
+        return loose
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(f"{directory}: holds only pickle weights ({pickles[0]}); lpu_jax never "
+                        "unpickles checkpoints. Convert them to safetensors, e.g. "
+                        "model.save_pretrained(dir, safe_serialization=True)")
+    raise UserError(f"{directory}: no model.safetensors or {INDEX_FILE} found")
+
+
+def load_hf_dir(directory: Path, config: ModelConfig) -> Params:
+    files = [SafetensorsFile(path) for path in safetensors_files(directory)]
+    try:
+        owner = {name: f for f in files for name in f.names()}
+        return build_params(config, owner, lambda name: owner[name].read(name), str(directory))
+    finally:
+        for f in files:
+            f.close()
+
+
+def read_generation_eos(directory: Path) -> tuple[int, ...]:
+    """Stop ids from generation_config.json (often a list for instruct models), if present."""
+    path = directory / "generation_config.json"
+    if not path.exists():
+        return ()
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise UserError(f"{path}: not valid JSON") from None
+    return tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))

@@ -1,0 +1,57 @@
+"""What every lpu_jax command shares: flag parsing and the one-line, exit-status-2 error contract."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from absl import app, flags, logging
+
+from lpu_jax.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+    """One line on stderr naming the command, then exit status 2."""
+    prog = Path(sys.argv[0]).name or "lpu_jax"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e).splitlines()[0])
+    if len(rest) > 1:
+        fail(f"unexpected argument {rest[1]!r} (every option is a --flag)")
+    return rest
+
+
+def enable_compilation_cache() -> None:
+    """Keep compiled executables on disk between runs (LPU_JAX_CACHE_DIR overrides, '' disables)."""
+    import jax
+
+    directory = os.environ.get("LPU_JAX_CACHE_DIR",
+                               os.path.join(os.path.expanduser("~"), ".cache", "lpu_jax", "xla"))
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run main under absl with our flag parser; a UserError becomes one line and exit status 2."""
+
+    def guarded(_argv):
+        logging.set_verbosity(logging.WARNING)  # keep JAX's start-up chatter (no TPU...) quiet
+        try:
+            main()
+        except UserError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    app.run(guarded, flags_parser=_parse_flags)

@@ -1,0 +1,165 @@
+"""ModelConfig: the architecture lpu_jax runs, read strictly from a Hugging Face config.json.
+
+Strict means: every setting that changes the math is either handled or refused with a message that
+names it. A config that silently runs as something else would give a wrong answer with no warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from lpu_jax.errors import UserError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Llama 3.1's frequency-dependent RoPE stretch (rope_type "llama3")."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-family decoder: the shapes and constants of the whole model (not one chip's share)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    rope_scaling: Llama3RopeScaling | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    model_type: str = "llama"
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        positive = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                    "num_kv_heads", "head_dim", "max_position_embeddings")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise UserError(f"model config: num_attention_heads={self.num_heads} is not a multiple of "
+                            f"num_key_value_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise UserError(f"model config: head_dim={self.head_dim} must be even for RoPE")
+
+    @property
+    def q_per_kv(self) -> int:
+        """Query heads that share one KV head (1: MHA, num_heads: MQA, between: GQA)."""
+        return self.num_heads // self.num_kv_heads
+
+    def num_parameters(self) -> int:
+        d, f, h = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
+        if self.attention_bias:
+            attn += h * (self.num_heads + 2 * self.num_kv_heads) + d
+        mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
+        per_layer = attn + mlp + 2 * d
+        head = 0 if self.tie_word_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+        """Build from a config.json dict (transformers 4.x or 5.x spelling), refusing the unhandled."""
+        model_type = raw.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UserError(f"unsupported model_type {model_type!r}: lpu_jax runs "
+                            f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama-architecture) checkpoints")
+
+        def need(key: str):
+            if key not in raw or raw[key] is None:
+                raise UserError(f"model config lacks {key!r}; is this a complete config.json?")
+            return raw[key]
+
+        act = raw.get("hidden_act", "silu")
+        if act != "silu":
+            raise UserError(f"unsupported hidden_act {act!r}: only 'silu' (SwiGLU) is handled")
+        if raw.get("partial_rotary_factor", 1.0) != 1.0:
+            raise UserError(f"unsupported partial_rotary_factor {raw['partial_rotary_factor']}: "
+                            "only full-width RoPE is handled")
+
+        max_positions = int(need("max_position_embeddings"))
+        window = raw.get("sliding_window")
+        if window is not None and raw.get("use_sliding_window", True) and window < max_positions:
+            raise UserError(f"unsupported sliding_window={window} (< max_position_embeddings="
+                            f"{max_positions}): sliding-window attention is not implemented")
+
+        rope_theta, rope_scaling = _read_rope(raw)
+        num_heads = int(need("num_attention_heads"))
+        hidden = int(need("hidden_size"))
+        head_dim = raw.get("head_dim") or hidden // num_heads
+        eos = raw.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        return cls(
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")),
+            num_layers=int(need("num_hidden_layers")),
+            num_heads=num_heads,
+            num_kv_heads=int(raw.get("num_key_value_heads") or num_heads),
+            head_dim=int(head_dim),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            rope_scaling=rope_scaling,
+            attention_bias=bool(raw.get("attention_bias", False)),
+            mlp_bias=bool(raw.get("mlp_bias", False)),
+            model_type=model_type,
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a JSON object")
+        return cls.from_hf_dict(raw)
+
+
+def _read_rope(raw: dict[str, Any]) -> tuple[float, Llama3RopeScaling | None]:
+    """RoPE base and scaling; transformers 5 nests both in rope_parameters, 4.x keeps them apart."""
+    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise UserError(f"unsupported RoPE scaling type {rope_type!r}: lpu_jax handles "
+                        f"{', '.join(SUPPORTED_ROPE_TYPES)}")
+    if rope_type == "default":
+        return float(theta), None
+    try:
+        scaling = Llama3RopeScaling(
+            factor=float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+        )
+    except KeyError as e:
+        raise UserError(f"llama3 RoPE scaling lacks {e.args[0]!r}") from None
+    return float(theta), scaling

@@ -1,0 +1,79 @@
+"""The embedded SmolLM2-135M-Instruct against transformers loading the same GGUF file."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from lpu_jax.checkpoint import load_model
+from lpu_jax.checkpoint.default import default_model_path
+from lpu_jax.engine.generate import Engine
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain in two sentences why the sky is blue.",
+]
+NEW_TOKENS = 64
+
+
+@functools.cache
+def reference():
+    path = default_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    return tokenizer, model
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model()
+
+
+def test_config_from_gguf_metadata(smollm2):
+    c = smollm2.config
+    assert (c.num_layers, c.num_heads, c.num_kv_heads, c.hidden_size) == (30, 9, 3, 576)
+    assert (c.vocab_size, c.head_dim, c.rope_theta, c.tie_word_embeddings) == (49152, 64, 1e5, True)
+    assert smollm2.stop_token_ids == (2,)
+
+
+def test_weights_match_transformers_dequantization(smollm2):
+    _, model = reference()
+    layer = model.model.layers[3].self_attn
+    for ours, theirs in [(smollm2.params.layers[3].wq_ND, layer.q_proj.weight),
+                         (smollm2.params.layers[3].wk_KD, layer.k_proj.weight),
+                         (smollm2.params.embed_VD, model.model.embed_tokens.weight)]:
+        np.testing.assert_allclose(np.asarray(ours), theirs.detach().numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("text", [
+    "Hello world", "  leading spaces and 12345 digits 3.14159", "naïve café — emoji 🎉 and 中文",
+    "<|im_start|>user\nhi<|im_end|>\n", "code:\n\tdef f(x):\n\t\treturn x**2  # ok"])
+def test_tokenizer_matches_transformers(smollm2, text):
+    tokenizer, _ = reference()
+    assert smollm2.tokenizer.encode(text) == tokenizer.encode(text)
+    ids = tokenizer.encode(text)
+    assert smollm2.tokenizer.decode(ids) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_chat_template_matches_transformers(smollm2):
+    tokenizer, _ = reference()
+    messages = [{"role": "user", "content": PROMPTS[0]}]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False)
+    assert smollm2.tokenizer.apply_chat_template(messages) == list(expected)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_tokens_match_transformers(smollm2, prompt):
+    tokenizer, model = reference()
+    ids = smollm2.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                             eos_token_id=list(smollm2.stop_token_ids), pad_token_id=2)
+    expected = out[0, len(ids):].tolist()
+    ours = Engine(smollm2).generate(ids, NEW_TOKENS).tokens
+    assert ours == expected, (smollm2.tokenizer.decode(ours), tokenizer.decode(expected))
