@@ -13,6 +13,13 @@ from lpu_jax.errors import UserError
 
 EXIT_USER_ERROR = 2
 
+# Flags every command shares (each console script imports one command module, plus this one).
+MODEL = flags.DEFINE_string("model", None, "Hugging Face directory or .gguf file "
+                            "(default: the embedded SmolLM2-135M-Instruct).")
+PROMPT = flags.DEFINE_string("prompt", None, "Prompt text.")
+MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "Most new tokens to generate.")
+JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of text for people.")
+
 
 def fail(message: str) -> None:
     """One line on stderr naming the command, then exit status 2."""

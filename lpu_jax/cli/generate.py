@@ -14,13 +14,9 @@ from absl import flags
 from lpu_jax.cli import common
 from lpu_jax.errors import UserError
 
-_MODEL = flags.DEFINE_string("model", None, "Hugging Face directory or .gguf file "
-                             "(default: the embedded SmolLM2-135M-Instruct)")
-_PROMPT = flags.DEFINE_string("prompt", None, "Prompt text.")
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "Prompt as comma-separated token ids, "
                                   "e.g. 1,2,3 (instead of --prompt).")
 _CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt in the checkpoint's chat template.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Most new tokens to generate.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 means greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of tokens whose "
@@ -28,8 +24,6 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of token
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
 _DUMP_LOGITS = flags.DEFINE_string("dump_logits", None, "Save the logits that chose each new "
                                    "token as a float32 .npy array [new_tokens, vocab].")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object (text, tokens, wall) instead of "
-                          "streaming text.")
 
 
 def parse_prompt_ids(text: str) -> list[int]:
@@ -43,7 +37,7 @@ def parse_prompt_ids(text: str) -> list[int]:
 
 
 def prompt_tokens(tokenizer) -> list[int]:
-    if (_PROMPT.value is None) == (_PROMPT_IDS.value is None):
+    if (common.PROMPT.value is None) == (_PROMPT_IDS.value is None):
         raise UserError("pass exactly one of --prompt and --prompt_ids")
     if _PROMPT_IDS.value is not None:
         if _CHAT.value:
@@ -52,8 +46,8 @@ def prompt_tokens(tokenizer) -> list[int]:
     if tokenizer is None:
         raise UserError("this checkpoint ships no tokenizer lpu_jax can read; use --prompt_ids")
     if _CHAT.value:
-        return tokenizer.apply_chat_template([{"role": "user", "content": _PROMPT.value}])
-    return tokenizer.encode(_PROMPT.value)
+        return tokenizer.apply_chat_template([{"role": "user", "content": common.PROMPT.value}])
+    return tokenizer.encode(common.PROMPT.value)
 
 
 def check_output_path(path: str) -> Path:
@@ -81,10 +75,10 @@ def main() -> None:
     from lpu_jax.engine.sampling import SamplingConfig
 
     sampling = SamplingConfig(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _SEED.value)
-    if _MAX_NEW.value < 1:
-        raise UserError(f"--max_new_tokens must be >= 1, got {_MAX_NEW.value}")
+    if common.MAX_NEW_TOKENS.value < 1:
+        raise UserError(f"--max_new_tokens must be >= 1, got {common.MAX_NEW_TOKENS.value}")
     dump_path = check_output_path(_DUMP_LOGITS.value) if _DUMP_LOGITS.value else None
-    if _PROMPT.value is None and _PROMPT_IDS.value is None:
+    if common.PROMPT.value is None and _PROMPT_IDS.value is None:
         raise UserError("pass --prompt TEXT (or --prompt_ids 1,2,3)")
 
     common.enable_compilation_cache()
@@ -93,26 +87,26 @@ def main() -> None:
     from lpu_jax.tokenizer import IncrementalDecoder
 
     start = time.perf_counter()
-    model = load_model(_MODEL.value)
+    model = load_model(common.MODEL.value)
     load_s = time.perf_counter() - start
     ids = prompt_tokens(model.tokenizer)
 
     on_token = None
-    if not _JSON.value and model.tokenizer is not None:
+    if not common.JSON.value and model.tokenizer is not None:
         stream = IncrementalDecoder(model.tokenizer)
 
         def on_token(token_id):
             sys.stdout.write(stream.push(token_id))
             sys.stdout.flush()
 
-    result = Engine(model, sampling).generate(ids, _MAX_NEW.value, on_token=on_token,
+    result = Engine(model, sampling).generate(ids, common.MAX_NEW_TOKENS.value, on_token=on_token,
                                               keep_logits=dump_path is not None)
     result.wall.load_s = load_s
     if dump_path is not None:
         save_npy_atomically(dump_path, result.logits)
     text = model.tokenizer.decode(result.tokens) if model.tokenizer else None
 
-    if _JSON.value:
+    if common.JSON.value:
         print(json.dumps({"text": text, "tokens": result.tokens, "prompt_tokens": len(ids),
                           "finish_reason": result.finish_reason, "model": model.source,
                           "wall": result.wall.as_dict()}))

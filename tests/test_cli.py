@@ -1,0 +1,132 @@
+"""lpu-generate end to end: output contract, and one clear line with exit status 2 on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import tiny_models
+
+
+def generate(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LPU_JAX_CACHE_DIR="")
+    return subprocess.run([sys.executable, "-m", "lpu_jax.cli.generate", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, message: str):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert message in lines[0], lines[0]
+
+
+def test_json_output_and_dumped_logits(tiny_checkpoints, tmp_path):
+    path = tiny_checkpoints.get("gqa")
+    result = generate("--model", str(path), "--prompt_ids", "5,6,7,8", "--max_new_tokens", "6",
+                      "--json", "--dump_logits", str(tmp_path / "logits.npy"))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert set(out) >= {"text", "tokens", "wall"}
+    assert len(out["tokens"]) == out["wall"]["decode_tokens"] + 1
+    assert set(out["wall"]) >= {"load_s", "compile_s", "prefill_s", "decode_s",
+                                "decode_tokens_per_s"}
+    logits = np.load(tmp_path / "logits.npy")
+    assert logits.shape == (len(out["tokens"]), tiny_models.VOCAB)
+    assert np.argmax(logits, axis=-1).tolist() == out["tokens"]  # greedy chose each argmax
+
+
+def test_default_model_answers_the_chat_question():
+    result = generate("--chat", "--prompt", "What is the capital of France?",
+                      "--max_new_tokens", "24")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "decode" in result.stderr and "tokens/s" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, tiny_checkpoints):
+    """Damaged copies of a good checkpoint, one per kind of damage."""
+    import shutil
+
+    import safetensors.numpy
+    import torch
+
+    good = tiny_checkpoints.get("mha")
+    root = tmp_path_factory.mktemp("broken")
+    made = {}
+
+    def copy(name):
+        made[name] = root / name
+        shutil.copytree(good, made[name])
+        return made[name]
+
+    data = (copy("truncated") / "model.safetensors").read_bytes()
+    (made["truncated"] / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+    tensors = safetensors.numpy.load_file(good / "model.safetensors")
+    missing = dict(tensors)
+    del missing["model.layers.1.mlp.up_proj.weight"]
+    safetensors.numpy.save_file(missing, copy("missing_tensor") / "model.safetensors")
+    reshaped = dict(tensors)
+    reshaped["model.layers.0.self_attn.k_proj.weight"] = np.zeros((8, 64), np.float32)
+    safetensors.numpy.save_file(reshaped, copy("wrong_shape") / "model.safetensors")
+
+    config = json.loads((good / "config.json").read_text())
+    (copy("model_type") / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
+
+    pickled = copy("pickle")
+    (pickled / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(2)}, pickled / "pytorch_model.bin")
+
+    gguf = root / "truncated.gguf"
+    from lpu_jax.checkpoint.default import default_model_path
+    with open(default_model_path(), "rb") as f:
+        gguf.write_bytes(f.read(3_000_000))
+    made["truncated_gguf"] = gguf
+    return made
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "truncated: tensor"),
+    ("missing_tensor", "checkpoint lacks tensor 'model.layers.1.mlp.up_proj.weight'"),
+    ("wrong_shape", "has shape (8, 64), the config needs (64, 64)"),
+    ("model_type", "unsupported model_type 'gpt_neox'"),
+    ("pickle", "never unpickles"),
+    ("truncated_gguf", "truncated: tensor"),
+])
+def test_damaged_checkpoints_are_named(broken, damage, message):
+    assert_user_error(generate("--model", str(broken[damage]), "--prompt_ids", "1,2"), message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/no/such/model", "--prompt", "hi"], "/no/such/model: no such file"),
+    (["--prompt", "hi", "--temperature", "-1"], "--temperature must be"),
+    (["--prompt", "hi", "--top_p", "0"], "--top_p must be in (0, 1]"),
+    (["--prompt", "hi", "--top_k", "-2"], "--top_k must be >= 0"),
+    (["--prompt", "hi", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
+    (["--prompt", "hi", "--top_k", "many"], "top_k"),
+    (["--prompt", "hi", "--no_such_flag"], "Unknown command line flag 'no_such_flag'"),
+    (["--prompt_ids", "1,x"], "--prompt_ids must be comma-separated integers"),
+    (["--prompt", "hi", "--prompt_ids", "1"], "exactly one of --prompt and --prompt_ids"),
+    (["--prompt", "hi", "--dump_logits", "/no/such/dir/x.npy"], "does not exist"),
+])
+def test_bad_flags_get_one_line(args, message):
+    assert_user_error(generate(*args), message)
+
+
+def test_prompt_longer_than_the_context(tiny_checkpoints):
+    ids = ",".join(["5"] * 600)  # the tiny models' context is 512
+    assert_user_error(generate("--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", ids),
+                      "the prompt has 600 tokens; the model's context is 512")
+
+
+def test_a_failed_run_leaves_no_logits_file(tiny_checkpoints, tmp_path):
+    target = tmp_path / "logits.npy"
+    result = generate("--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", "999",
+                      "--dump_logits", str(target))
+    assert_user_error(result, "prompt token ids must be in [0, 256)")
+    assert list(tmp_path.iterdir()) == []
