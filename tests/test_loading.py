@@ -74,3 +74,11 @@ def test_shard_missing_from_an_index_is_named(tiny_checkpoints, tmp_path):
     victim.unlink()
     with pytest.raises(UserError, match=f"{victim.name}: no such file"):
         load_model(copy)
+
+
+def test_stop_tokens_come_from_generation_config_lists(tiny_checkpoints, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoints.get("mqa"), copy)
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7, 9]}))
+    assert load_model(copy).stop_token_ids == (2, 7, 9)

@@ -77,3 +77,19 @@ def test_greedy_tokens_match_transformers(smollm2, prompt):
     expected = out[0, len(ids):].tolist()
     ours = Engine(smollm2).generate(ids, NEW_TOKENS).tokens
     assert ours == expected, (smollm2.tokenizer.decode(ours), tokenizer.decode(expected))
+
+
+def test_hf_directory_tokenizer_matches_transformers(tmp_path):
+    """The tokenizer.json / tokenizer_config.json path, on the same vocabulary saved as files."""
+    from lpu_jax.tokenizer import Tokenizer
+
+    tokenizer, _ = reference()
+    tokenizer.save_pretrained(tmp_path)
+    ours = Tokenizer.from_hf_dir(tmp_path)
+    for text in ["Hello world", "naïve café 🎉 12345", "<|im_start|>user\nhi<|im_end|>"]:
+        assert ours.encode(text) == tokenizer.encode(text)
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False)
+    assert ours.apply_chat_template(messages) == list(expected)
+    assert ours.eos_token_id == tokenizer.eos_token_id == 2
