@@ -1,5 +1,6 @@
 """The embedded SmolLM2-135M-Instruct against transformers loading the same GGUF file."""
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -93,3 +94,15 @@ def test_hf_directory_tokenizer_matches_transformers(tmp_path):
                                              return_dict=False)
     assert ours.apply_chat_template(messages) == list(expected)
     assert ours.eos_token_id == tokenizer.eos_token_id == 2
+
+
+def test_shipped_model_config_matches_the_gguf_metadata(smollm2):
+    from pathlib import Path
+
+    from lpu_jax.config import ModelConfig
+
+    path = Path(__file__).parent.parent / "configs" / "models" / "SmolLM2-135M-Instruct.json"
+    shipped = ModelConfig.from_json_file(path)
+    # The GGUF stores eps as float32, so compare it loosely and everything else exactly.
+    assert abs(shipped.rms_norm_eps - smollm2.config.rms_norm_eps) < 1e-9
+    assert shipped == dataclasses.replace(smollm2.config, rms_norm_eps=shipped.rms_norm_eps)

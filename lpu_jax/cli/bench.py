@@ -40,6 +40,7 @@ def transformers_decode_rate(source: str, ids: list[int], new_tokens: int,
     except ImportError:
         raise UserError("lpu-bench compares against transformers with torch; install them with "
                         "pip install -e '.[test]'") from None
+    transformers.utils.logging.disable_progress_bar()
     path = Path(source)
     kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
     directory = path.parent if path.suffix == ".gguf" else path

@@ -61,4 +61,9 @@ def run(main: Callable[[], None]) -> None:
         except KeyboardInterrupt:
             sys.exit(130)
 
+    # --help lists the flags registered under the running program's name; console scripts run a
+    # wrapper, so name this command's flags and the shared ones for it.
+    for module in (__name__, main.__module__):
+        for flag in flags.FLAGS.get_flags_for_module(module):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(guarded, flags_parser=_parse_flags)
