@@ -6,6 +6,12 @@ run a whole model or the slice of heads one emulated chip holds.
 Letters in names and einsum strings: B batch, T new tokens, S cache positions, D model width,
 N query heads, K KV heads, G query heads per KV head, H head width, F MLP width, V vocabulary.
 Weights keep Hugging Face's [out, in] orientation, so a checkpoint maps onto them without a transpose.
+
+Tensor parallelism (Megatron-style) enters only through `tp_axis`, the name of the axis the chips
+of one tensor-parallel group share: attention heads and MLP columns are split, so the attention
+output and MLP down projections give partial sums (reduced with psum), and the vocabulary is split,
+so the embedding lookup is reduced with psum and the logits gathered with all_gather. With
+tp_axis=None the same code is the whole model on one chip.
 """
 
 from __future__ import annotations
@@ -59,8 +65,10 @@ class KVCache:
     v: tuple[Array, ...]
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+    def zeros(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32,
+              kv_heads: int | None = None) -> "KVCache":
+        """Empty buffers; kv_heads is this chip's share of the KV heads (default: all)."""
+        shape = (batch, length, kv_heads or cfg.num_kv_heads, cfg.head_dim)
         return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
                    v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
 
@@ -109,9 +117,19 @@ def _linear(x: Array, w_OI: Array, b_O: Array | None) -> Array:
     return y if b_O is None else y + b_O
 
 
+def _sum_over_chips(partial: Array, bias: Array | None, tp_axis: str | None) -> Array:
+    """Reduce a row-parallel projection's partial sums; its bias is added once, after the sum."""
+    total = partial if tp_axis is None else jax.lax.psum(partial, tp_axis)
+    return total if bias is None else total + bias
+
+
 def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSKH: Array,
-              v_cache_BSKH: Array, start: Array, inv_freq_P: Array, head_dim: int):
-    """Causal self-attention over the static cache; writes the new keys and values at `start`."""
+              v_cache_BSKH: Array, start: Array, inv_freq_P: Array, head_dim: int,
+              tp_axis: str | None = None):
+    """Causal self-attention over the static cache; writes the new keys and values at `start`.
+
+    Runs on this chip's heads; the output projection is summed over the tensor-parallel chips.
+    """
     B, T, _ = x_BTD.shape
     q = _linear(x_BTD, layer.wq_ND, layer.bq_N).reshape(B, T, -1, head_dim)
     k = _linear(x_BTD, layer.wk_KD, layer.bk_K).reshape(B, T, -1, head_dim)
@@ -133,17 +151,30 @@ def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSK
     out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache_BSKH.astype(jnp.float32),
                            preferred_element_type=jnp.float32)
     out_BTN = out_BTKGH.reshape(B, T, -1).astype(x_BTD.dtype)
-    return _linear(out_BTN, layer.wo_DN, layer.bo_D), k_cache_BSKH, v_cache_BSKH
+    out = _sum_over_chips(_linear(out_BTN, layer.wo_DN, None), layer.bo_D, tp_axis)
+    return out, k_cache_BSKH, v_cache_BSKH
 
 
-def mlp(layer: LayerParams, x_BTD: Array) -> Array:
+def mlp(layer: LayerParams, x_BTD: Array, tp_axis: str | None = None) -> Array:
     gate = _linear(x_BTD, layer.w_gate_FD, layer.b_gate_F)
     up = _linear(x_BTD, layer.w_up_FD, layer.b_up_F)
-    return _linear(jax.nn.silu(gate) * up, layer.w_down_DF, layer.b_down_D)
+    return _sum_over_chips(_linear(jax.nn.silu(gate) * up, layer.w_down_DF, None),
+                           layer.b_down_D, tp_axis)
+
+
+def embed(embed_VD: Array, tokens_BT: Array, tp_axis: str | None = None) -> Array:
+    """Rows of the embedding; with tp each chip holds a slice of the vocabulary, zeros elsewhere."""
+    if tp_axis is None:
+        return embed_VD[tokens_BT]
+    rows = embed_VD.shape[0]
+    local_BT = tokens_BT - jax.lax.axis_index(tp_axis) * rows
+    mine_BT = (local_BT >= 0) & (local_BT < rows)
+    x = jnp.where(mine_BT[..., None], embed_VD[jnp.clip(local_BT, 0, rows - 1)], 0.0)
+    return jax.lax.psum(x, tp_axis)
 
 
 def forward_hidden(params: Params, cfg: ModelConfig, tokens_BT: Array, start: Array,
-                   cache: KVCache) -> tuple[Array, KVCache]:
+                   cache: KVCache, tp_axis: str | None = None) -> tuple[Array, KVCache]:
     """Run the decoder on tokens placed at positions start.. start+T-1; returns final hidden states.
 
     Layers are a Python loop (unrolled in the compiled program): under lax.scan each step would
@@ -152,23 +183,25 @@ def forward_hidden(params: Params, cfg: ModelConfig, tokens_BT: Array, start: Ar
     T = tokens_BT.shape[1]
     positions_BT = jnp.broadcast_to(start + jnp.arange(T), tokens_BT.shape)
     inv_freq_P = jnp.asarray(rope_inverse_frequencies(cfg))
-    x = params.embed_VD[tokens_BT]
+    x = embed(params.embed_VD, tokens_BT, tp_axis)
     new_k, new_v = [], []
     for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
         h, k_cache, v_cache = attention(layer, rms_norm(x, layer.attn_norm_D, cfg.rms_norm_eps),
                                         positions_BT, k_cache, v_cache, start, inv_freq_P,
-                                        cfg.head_dim)
+                                        cfg.head_dim, tp_axis)
         x = x + h
-        x = x + mlp(layer, rms_norm(x, layer.mlp_norm_D, cfg.rms_norm_eps))
+        x = x + mlp(layer, rms_norm(x, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis)
         new_k.append(k_cache)
         new_v.append(v_cache)
     x = rms_norm(x, params.final_norm_D, cfg.rms_norm_eps)
     return x, KVCache(k=tuple(new_k), v=tuple(new_v))
 
 
-def logits_from_hidden(params: Params, x_BTD: Array) -> Array:
+def logits_from_hidden(params: Params, x_BTD: Array, tp_axis: str | None = None) -> Array:
+    """Logits over the whole vocabulary (gathered from every chip's slice when tp is used)."""
     head_VD = params.embed_VD if params.lm_head_VD is None else params.lm_head_VD
-    return jnp.einsum("btd,vd->btv", x_BTD, head_VD, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btd,vd->btv", x_BTD, head_VD, preferred_element_type=jnp.float32)
+    return logits if tp_axis is None else jax.lax.all_gather(logits, tp_axis, axis=2, tiled=True)
 
 
 def forward_logits(params: Params, cfg: ModelConfig, tokens_BT: Array) -> Array:

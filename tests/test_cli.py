@@ -113,6 +113,8 @@ def test_damaged_checkpoints_are_named(broken, damage, message):
     (["--prompt_ids", "1,x"], "--prompt_ids must be comma-separated integers"),
     (["--prompt", "hi", "--prompt_ids", "1"], "exactly one of --prompt and --prompt_ids"),
     (["--prompt", "hi", "--dump_logits", "/no/such/dir/x.npy"], "does not exist"),
+    (["--prompt", "hi", "--tp", "2"], "--tp=2 does not divide the model"),
+    (["--prompt", "hi", "--tp", "0"], "--tp must be >= 1"),
 ])
 def test_bad_flags_get_one_line(args, message):
     assert_user_error(generate(*args), message)

@@ -22,6 +22,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of tokens whose "
                             "probability reaches p (1: all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
+_TP = flags.DEFINE_integer("tp", 1, "Tensor-parallel emulated chips (split heads, MLP, vocabulary).")
+_FOLD = flags.DEFINE_bool("fold", None, "Fold all chips onto one device (default: one chip per "
+                          "device when there are enough devices).")
 _DUMP_LOGITS = flags.DEFINE_string("dump_logits", None, "Save the logits that chose each new "
                                    "token as a float32 .npy array [new_tokens, vocab].")
 
@@ -83,6 +86,7 @@ def main() -> None:
 
     common.enable_compilation_cache()
     from lpu_jax.checkpoint import load_model
+    from lpu_jax.chips.layout import Layout
     from lpu_jax.engine.generate import Engine
     from lpu_jax.tokenizer import IncrementalDecoder
 
@@ -99,8 +103,9 @@ def main() -> None:
             sys.stdout.write(stream.push(token_id))
             sys.stdout.flush()
 
-    result = Engine(model, sampling).generate(ids, common.MAX_NEW_TOKENS.value, on_token=on_token,
-                                              keep_logits=dump_path is not None)
+    engine = Engine(model, sampling, Layout(tp=_TP.value), fold=_FOLD.value)
+    result = engine.generate(ids, common.MAX_NEW_TOKENS.value, on_token=on_token,
+                             keep_logits=dump_path is not None)
     result.wall.load_s = load_s
     if dump_path is not None:
         save_npy_atomically(dump_path, result.logits)
@@ -109,6 +114,7 @@ def main() -> None:
     if common.JSON.value:
         print(json.dumps({"text": text, "tokens": result.tokens, "prompt_tokens": len(ids),
                           "finish_reason": result.finish_reason, "model": model.source,
+                          "chips": engine.placement.describe(),
                           "wall": result.wall.as_dict()}))
         return
     if model.tokenizer is None:

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpu_jax.checkpoint import LoadedModel
+from lpu_jax.chips.layout import TP_AXIS, Layout
+from lpu_jax.chips.placement import Placement
+from lpu_jax.chips.split import split_params
 from lpu_jax.engine.sampling import SamplingConfig, sample
 from lpu_jax.errors import UserError
 from lpu_jax.model import KVCache, forward_hidden, logits_from_hidden
@@ -58,28 +61,47 @@ class Generation:
     logits: np.ndarray | None = None  # [len(tokens), V] float32, when asked for
 
 
-def _prefill(params, cache, tokens_BT, length, key, *, config, sampling):
-    x, cache = forward_hidden(params, config, tokens_BT, jnp.int32(0), cache)
+# The per-chip programs. Every chip ends with the full logits and draws the same token (same key).
+def _prefill(params, cache, tokens_BT, length, key, *, config, sampling, tp_axis):
+    x, cache = forward_hidden(params, config, tokens_BT, jnp.int32(0), cache, tp_axis)
     last_B1D = jax.lax.dynamic_slice_in_dim(x, length - 1, 1, axis=1)
-    logits_BV = logits_from_hidden(params, last_B1D)[:, 0]
+    logits_BV = logits_from_hidden(params, last_B1D, tp_axis)[:, 0, :config.vocab_size]
     return sample(logits_BV, jax.random.fold_in(key, length - 1), sampling), logits_BV, cache
 
 
-def _decode(params, cache, token_B, position, key, *, config, sampling):
-    x, cache = forward_hidden(params, config, token_B[:, None], position, cache)
-    logits_BV = logits_from_hidden(params, x)[:, 0]
+def _decode(params, cache, token_B, position, key, *, config, sampling, tp_axis):
+    x, cache = forward_hidden(params, config, token_B[:, None], position, cache, tp_axis)
+    logits_BV = logits_from_hidden(params, x, tp_axis)[:, 0, :config.vocab_size]
     return sample(logits_BV, jax.random.fold_in(key, position), sampling), logits_BV, cache
 
 
 class Engine:
-    """Generates from one loaded model on one device; executables are compiled once per shape."""
+    """Generates from one loaded model on a deployment of emulated chips.
 
-    def __init__(self, model: LoadedModel, sampling: SamplingConfig = SamplingConfig()):
+    Executables are compiled once per shape. `fold` forces all chips onto one device (True) or one
+    chip per device (False); None picks one chip per device when there are enough devices.
+    """
+
+    def __init__(self, model: LoadedModel, sampling: SamplingConfig = SamplingConfig(),
+                 layout: Layout = Layout(), fold: bool | None = None):
+        layout.check(model.config)
         self.model = model
         self.sampling = sampling
+        self.layout = layout
+        self.placement = Placement.choose(layout, fold)
+        self.params = self.placement.put(split_params(model.params, model.config, layout.tp))
+        self._tp_axis = TP_AXIS if layout.tp > 1 else None
         self._key = jax.random.key(sampling.seed)
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
         self.compile_count = 0
+
+    def _empty_cache(self, batch: int, length: int) -> KVCache:
+        """Every chip's KV cache, stacked along the chip axis and placed like the parameters."""
+        tp = self.layout.tp
+        per_chip = KVCache.zeros(self.model.config, batch, length,
+                                 kv_heads=self.model.config.num_kv_heads // tp)
+        return self.placement.put(jax.tree.map(lambda a: jnp.broadcast_to(a, (tp, *a.shape)),
+                                               per_chip))
 
     @property
     def context_length(self) -> int:
@@ -91,21 +113,24 @@ class Engine:
         if key in self._compiled:
             return self._compiled[key], 0.0
         start = time.perf_counter()
-        config, params = self.model.config, self.model.params
+        config = self.model.config
         batch, cache_len = shape_args[0], shape_args[1]
-        cache = jax.eval_shape(lambda: KVCache.zeros(config, batch, cache_len))
+        cache = jax.eval_shape(lambda: self._empty_cache(batch, cache_len))
+        cache = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+            a.shape, a.dtype, sharding=self.placement.chip_sharding()), cache)
         i32 = jax.ShapeDtypeStruct((), jnp.int32)
-        if kind == "prefill":
-            fn = functools.partial(_prefill, config=config, sampling=self.sampling)
-            args = (jax.ShapeDtypeStruct((batch, shape_args[2]), jnp.int32), i32)
-        else:
-            fn = functools.partial(_decode, config=config, sampling=self.sampling)
-            args = (jax.ShapeDtypeStruct((batch,), jnp.int32), i32)
-        compiled = jax.jit(fn, donate_argnums=(1,)).lower(params, cache, *args, self._key).compile()
+        step = _prefill if kind == "prefill" else _decode
+        fn = functools.partial(step, config=config, sampling=self.sampling, tp_axis=self._tp_axis)
+        tokens_shape = (batch, shape_args[2]) if kind == "prefill" else (batch,)
+        args = (jax.ShapeDtypeStruct(tokens_shape, jnp.int32), i32)
+        program = self.placement.run_per_chip(fn, num_replicated_outputs=2)
+        compiled = jax.jit(program, donate_argnums=(1,)).lower(
+            self.params, cache, *args, self._key).compile()
         # XLA:CPU finishes setting an executable up on its first run (about as long as a whole
         # decode of dozens of tokens here): pay that now, with zeros, so step timings are steady.
-        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (cache, *args))
-        jax.block_until_ready(compiled(params, *zeros, self._key))
+        zeros = [jnp.zeros(a.shape, a.dtype) for a in args]
+        jax.block_until_ready(compiled(self.params, self._empty_cache(batch, cache_len), *zeros,
+                                       self._key))
         self._compiled[key] = compiled
         self.compile_count += 1
         return compiled, time.perf_counter() - start
@@ -137,8 +162,8 @@ class Engine:
         decode, seconds = self._executable("decode", 1, cache_len)
         wall.compile_s += seconds
 
-        params = self.model.params
-        cache = KVCache.zeros(self.model.config, 1, cache_len)
+        params = self.params
+        cache = self._empty_cache(1, cache_len)
         padded = np.zeros((1, prompt_len), np.int32)
         padded[0, :n] = prompt_ids
 

@@ -1,0 +1,68 @@
+"""Each chip's share of the parameters, stacked along a leading chip axis of size tp."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lpu_jax.config import ModelConfig
+from lpu_jax.model import LayerParams, Params
+
+
+def padded_vocab(vocab: int, tp: int) -> int:
+    """The vocabulary rounded up so each chip holds an equal slice (padding rows are zeros)."""
+    return -(-vocab // tp) * tp
+
+
+def _rows(w, tp):
+    """Split the first axis into tp equal slices: [tp, rows / tp, ...]."""
+    return None if w is None else w.reshape(tp, w.shape[0] // tp, *w.shape[1:])
+
+
+def _columns(w, tp):
+    """Split the last axis into tp equal slices: [tp, ..., cols / tp]."""
+    return jnp.moveaxis(w.reshape(*w.shape[:-1], tp, w.shape[-1] // tp), -2, 0)
+
+
+def _copies(w, tp):
+    return None if w is None else jnp.broadcast_to(w, (tp, *w.shape))
+
+
+def split_layer(layer: LayerParams, tp: int) -> LayerParams:
+    # Query rows are head-major and query heads are grouped by the KV head they share, so equal
+    # row slices of wq, wk and wv keep every query head with its KV head.
+    return LayerParams(
+        attn_norm_D=_copies(layer.attn_norm_D, tp),
+        wq_ND=_rows(layer.wq_ND, tp), wk_KD=_rows(layer.wk_KD, tp), wv_KD=_rows(layer.wv_KD, tp),
+        wo_DN=_columns(layer.wo_DN, tp),
+        mlp_norm_D=_copies(layer.mlp_norm_D, tp),
+        w_gate_FD=_rows(layer.w_gate_FD, tp), w_up_FD=_rows(layer.w_up_FD, tp),
+        w_down_DF=_columns(layer.w_down_DF, tp),
+        bq_N=_rows(layer.bq_N, tp), bk_K=_rows(layer.bk_K, tp), bv_K=_rows(layer.bv_K, tp),
+        # Added once after the partial sums are reduced, so every chip holds all of it.
+        bo_D=_copies(layer.bo_D, tp),
+        b_gate_F=_rows(layer.b_gate_F, tp), b_up_F=_rows(layer.b_up_F, tp),
+        b_down_D=_copies(layer.b_down_D, tp),
+    )
+
+
+def split_params(params: Params, config: ModelConfig, tp: int) -> Params:
+    """The whole model -> per-chip shares, every leaf with a leading [tp] axis."""
+
+    def vocab_rows(w):
+        if w is None:
+            return None
+        pad = padded_vocab(config.vocab_size, tp) - w.shape[0]
+        return _rows(jnp.pad(w, ((0, pad), (0, 0))), tp)
+
+    return Params(
+        embed_VD=vocab_rows(params.embed_VD),
+        layers=tuple(split_layer(layer, tp) for layer in params.layers),
+        final_norm_D=_copies(params.final_norm_D, tp),
+        lm_head_VD=vocab_rows(params.lm_head_VD),
+    )
+
+
+def chip_share(stacked, chip: int):
+    """One chip's slice of a stacked pytree (for inspection and tests)."""
+    return jax.tree.map(lambda a: a[chip], stacked)

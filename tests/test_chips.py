@@ -1,0 +1,83 @@
+"""Deployments of several emulated chips give the single chip's answer, placed either way."""
+
+import jax
+import numpy as np
+import pytest
+
+from lpu_jax.checkpoint import load_model
+from lpu_jax.chips.layout import Layout, valid_tp
+from lpu_jax.chips.split import chip_share, padded_vocab, split_params
+from lpu_jax.engine.generate import Engine
+from lpu_jax.errors import UserError
+from tests import tiny_models
+
+LOGIT_TOLERANCE = 1e-5  # relative to the largest |logit|
+
+
+def run(model, prompt, new_tokens, **engine_args):
+    engine = Engine(model, **engine_args)
+    return engine, engine.generate(prompt, new_tokens, stop_token_ids=(), keep_logits=True)
+
+
+def assert_same_answer(reference, other):
+    assert other.tokens == reference.tokens
+    scale = np.abs(reference.logits).max()
+    assert np.abs(other.logits - reference.logits).max() / scale < LOGIT_TOLERANCE
+
+
+@pytest.mark.parametrize("variant, tp", [("gqa", 3), ("mha", 4), ("biases", 2), ("mqa", 1)])
+@pytest.mark.parametrize("fold", [False, True])
+def test_tensor_parallel_equals_one_chip(tiny_checkpoints, variant, tp, fold):
+    model = load_model(tiny_checkpoints.get(variant))
+    prompt = tiny_models.random_prompt(11, seed=9)
+    _, single = run(model, prompt, 24)
+    engine, split = run(model, prompt, 24, layout=Layout(tp=tp), fold=fold)
+    assert engine.placement.folded == fold
+    assert len(engine.placement.devices) == (1 if fold else tp)
+    assert_same_answer(single, split)
+
+
+def test_each_chip_holds_only_its_share(tiny_checkpoints):
+    model = load_model(tiny_checkpoints.get("gqa"))  # 6 query heads, 3 KV heads, head_dim 16
+    engine = Engine(model, layout=Layout(tp=3), fold=False)
+    layer = engine.params.layers[0]
+    assert layer.wq_ND.shape == (3, 2 * 16, 48) and layer.wk_KD.shape == (3, 16, 48)
+    assert layer.wq_ND.sharding.shard_shape(layer.wq_ND.shape) == (1, 32, 48)
+    # chip 1 holds query heads 2-3, which share KV head 1
+    full = model.params.layers[0]
+    np.testing.assert_array_equal(layer.wq_ND[1], np.asarray(full.wq_ND)[32:64])
+    np.testing.assert_array_equal(layer.wk_KD[1], np.asarray(full.wk_KD)[16:32])
+    np.testing.assert_array_equal(layer.wo_DN[1], np.asarray(full.wo_DN)[:, 32:64])
+
+
+def test_vocabulary_is_padded_to_split_evenly(tiny_checkpoints):
+    model = load_model(tiny_checkpoints.get("gqa"))
+    assert padded_vocab(256, 3) == 258
+    shares = split_params(model.params, model.config, 3)
+    assert shares.embed_VD.shape == (3, 86, 48)
+    np.testing.assert_array_equal(chip_share(shares, 2).embed_VD[-2:], 0.0)
+
+
+def test_smollm2_tokens_identical_across_tp_and_placement():
+    model = load_model()
+    prompt = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name the planets of the solar system."}])
+    _, single = run(model, prompt, 32)
+    for fold in (False, True):
+        _, split = run(model, prompt, 32, layout=Layout(tp=3), fold=fold)
+        assert_same_answer(single, split)
+
+
+def test_tp_that_does_not_divide_the_heads_lists_the_values_that_work():
+    model = load_model()
+    assert valid_tp(model.config) == [1, 3]
+    with pytest.raises(UserError, match=r"--tp=2 does not divide the model .* valid: 1, 3"):
+        Engine(model, layout=Layout(tp=2))
+
+
+def test_more_chips_than_devices_fold_onto_one():
+    assert len(jax.devices()) == 8
+    model_config_tp = 12
+    from lpu_jax.chips.placement import Placement
+    placement = Placement.choose(Layout(tp=model_config_tp))
+    assert placement.folded and len(placement.devices) == 1
