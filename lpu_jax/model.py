@@ -7,11 +7,11 @@ Letters in names and einsum strings: B batch, T new tokens, S cache positions, D
 N query heads, K KV heads, G query heads per KV head, H head width, F MLP width, V vocabulary.
 Weights keep Hugging Face's [out, in] orientation, so a checkpoint maps onto them without a transpose.
 
-Tensor parallelism (Megatron-style) enters only through `tp_axis`, the name of the axis the chips
-of one tensor-parallel group share: attention heads and MLP columns are split, so the attention
-output and MLP down projections give partial sums (reduced with psum), and the vocabulary is split,
-so the embedding lookup is reduced with psum and the logits gathered with all_gather. With
-tp_axis=None the same code is the whole model on one chip.
+Several chips enter only through axis names. `tp_axis` names the axis of one tensor-parallel
+group (Megatron-style): attention heads and MLP columns are split, so the attention output and MLP
+down projections give partial sums, reduced with psum. `vocab_axes` name the axes that split the
+vocabulary: the embedding lookup is reduced with psum and the logits gathered with all_gather.
+Without them the same code is the whole model on one chip.
 """
 
 from __future__ import annotations
@@ -66,11 +66,12 @@ class KVCache:
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32,
-              kv_heads: int | None = None) -> "KVCache":
-        """Empty buffers; kv_heads is this chip's share of the KV heads (default: all)."""
+              kv_heads: int | None = None, layers: int | None = None) -> "KVCache":
+        """Empty buffers; kv_heads and layers are one chip's share (default: the whole model)."""
         shape = (batch, length, kv_heads or cfg.num_kv_heads, cfg.head_dim)
-        return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-                   v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
+        layers = layers or cfg.num_layers
+        return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+                   v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)))
 
     @property
     def length(self) -> int:
@@ -162,46 +163,76 @@ def mlp(layer: LayerParams, x_BTD: Array, tp_axis: str | None = None) -> Array:
                            layer.b_down_D, tp_axis)
 
 
-def embed(embed_VD: Array, tokens_BT: Array, tp_axis: str | None = None) -> Array:
-    """Rows of the embedding; with tp each chip holds a slice of the vocabulary, zeros elsewhere."""
-    if tp_axis is None:
+def _chip_index(axes: tuple[tuple[str, int], ...]) -> Array:
+    """This chip's position along several named axes taken together, the first one major."""
+    index = jnp.int32(0)
+    for name, size in axes:
+        index = index * size + jax.lax.axis_index(name)
+    return index
+
+
+def embed(embed_VD: Array, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
+    """Embedding rows. vocab_axes ((name, size), ...) split the vocabulary: each chip holds one
+    slice, looks up the tokens that fall in it, and the psum brings every row to every chip."""
+    if not vocab_axes:
         return embed_VD[tokens_BT]
     rows = embed_VD.shape[0]
-    local_BT = tokens_BT - jax.lax.axis_index(tp_axis) * rows
+    local_BT = tokens_BT - _chip_index(vocab_axes) * rows
     mine_BT = (local_BT >= 0) & (local_BT < rows)
     x = jnp.where(mine_BT[..., None], embed_VD[jnp.clip(local_BT, 0, rows - 1)], 0.0)
-    return jax.lax.psum(x, tp_axis)
+    return jax.lax.psum(x, tuple(name for name, _ in vocab_axes))
+
+
+def run_layers(layers: tuple[LayerParams, ...], cfg: ModelConfig, x_BTD: Array, start: Array,
+               cache: KVCache, tp_axis: str | None = None,
+               write: bool | Array = True) -> tuple[Array, KVCache]:
+    """The decoder layers one chip holds, on tokens at positions start .. start+T-1.
+
+    `write` False keeps the cache unchanged (a pipeline stage working on a bubble); the layers are
+    a Python loop, unrolled in the compiled program: under lax.scan each step would slice a stacked
+    weight array, and those slices cost copies.
+    """
+    B, T, _ = x_BTD.shape
+    positions_BT = jnp.broadcast_to(start + jnp.arange(T), (B, T))
+    inv_freq_P = jnp.asarray(rope_inverse_frequencies(cfg))
+    new_k, new_v = [], []
+    for layer, k_cache, v_cache in zip(layers, cache.k, cache.v):
+        h, k_next, v_next = attention(layer, rms_norm(x_BTD, layer.attn_norm_D, cfg.rms_norm_eps),
+                                      positions_BT, k_cache, v_cache, start, inv_freq_P,
+                                      cfg.head_dim, tp_axis)
+        if write is not True:  # keep the old rows where this stage must not write
+            k_next = _keep_unless(write, k_next, k_cache, start, T)
+            v_next = _keep_unless(write, v_next, v_cache, start, T)
+        x_BTD = x_BTD + h
+        x_BTD = x_BTD + mlp(layer, rms_norm(x_BTD, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis)
+        new_k.append(k_next)
+        new_v.append(v_next)
+    return x_BTD, KVCache(k=tuple(new_k), v=tuple(new_v))
+
+
+def _keep_unless(write: Array, updated_BSKH: Array, old_BSKH: Array, start: Array, T: int):
+    """The updated cache if write, else the old one -- touching only the T rows that changed."""
+    rows_new = jax.lax.dynamic_slice_in_dim(updated_BSKH, start, T, axis=1)
+    rows_old = jax.lax.dynamic_slice_in_dim(old_BSKH, start, T, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(updated_BSKH, jnp.where(write, rows_new, rows_old),
+                                               start, axis=1)
 
 
 def forward_hidden(params: Params, cfg: ModelConfig, tokens_BT: Array, start: Array,
-                   cache: KVCache, tp_axis: str | None = None) -> tuple[Array, KVCache]:
-    """Run the decoder on tokens placed at positions start.. start+T-1; returns final hidden states.
-
-    Layers are a Python loop (unrolled in the compiled program): under lax.scan each step would
-    slice a stacked weight array, and those slices cost copies.
-    """
-    T = tokens_BT.shape[1]
-    positions_BT = jnp.broadcast_to(start + jnp.arange(T), tokens_BT.shape)
-    inv_freq_P = jnp.asarray(rope_inverse_frequencies(cfg))
-    x = embed(params.embed_VD, tokens_BT, tp_axis)
-    new_k, new_v = [], []
-    for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
-        h, k_cache, v_cache = attention(layer, rms_norm(x, layer.attn_norm_D, cfg.rms_norm_eps),
-                                        positions_BT, k_cache, v_cache, start, inv_freq_P,
-                                        cfg.head_dim, tp_axis)
-        x = x + h
-        x = x + mlp(layer, rms_norm(x, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis)
-        new_k.append(k_cache)
-        new_v.append(v_cache)
-    x = rms_norm(x, params.final_norm_D, cfg.rms_norm_eps)
-    return x, KVCache(k=tuple(new_k), v=tuple(new_v))
+                   cache: KVCache) -> tuple[Array, KVCache]:
+    """The whole model on one chip: embedding, every layer, final norm."""
+    x, cache = run_layers(params.layers, cfg, embed(params.embed_VD, tokens_BT), start, cache)
+    return rms_norm(x, params.final_norm_D, cfg.rms_norm_eps), cache
 
 
-def logits_from_hidden(params: Params, x_BTD: Array, tp_axis: str | None = None) -> Array:
-    """Logits over the whole vocabulary (gathered from every chip's slice when tp is used)."""
+def logits_from_hidden(params: Params, x_BTD: Array,
+                       vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
+    """Logits over the whole vocabulary, gathered from every chip's slice when it is split."""
     head_VD = params.embed_VD if params.lm_head_VD is None else params.lm_head_VD
     logits = jnp.einsum("btd,vd->btv", x_BTD, head_VD, preferred_element_type=jnp.float32)
-    return logits if tp_axis is None else jax.lax.all_gather(logits, tp_axis, axis=2, tiled=True)
+    for name, _ in reversed(vocab_axes):  # minor axis first, so slices land in chip order
+        logits = jax.lax.all_gather(logits, name, axis=2, tiled=True)
+    return logits
 
 
 def forward_logits(params: Params, cfg: ModelConfig, tokens_BT: Array) -> Array:

@@ -40,31 +40,59 @@ def test_tensor_parallel_equals_one_chip(tiny_checkpoints, variant, tp, fold):
 def test_each_chip_holds_only_its_share(tiny_checkpoints):
     model = load_model(tiny_checkpoints.get("gqa"))  # 6 query heads, 3 KV heads, head_dim 16
     engine = Engine(model, layout=Layout(tp=3), fold=False)
-    layer = engine.params.layers[0]
-    assert layer.wq_ND.shape == (3, 2 * 16, 48) and layer.wk_KD.shape == (3, 16, 48)
-    assert layer.wq_ND.sharding.shard_shape(layer.wq_ND.shape) == (1, 32, 48)
+    layer = engine.params.layers[0]  # leaves are [pp, tp, ...]
+    assert layer.wq_ND.shape == (1, 3, 2 * 16, 48) and layer.wk_KD.shape == (1, 3, 16, 48)
+    assert layer.wq_ND.sharding.shard_shape(layer.wq_ND.shape) == (1, 1, 32, 48)
     # chip 1 holds query heads 2-3, which share KV head 1
     full = model.params.layers[0]
-    np.testing.assert_array_equal(layer.wq_ND[1], np.asarray(full.wq_ND)[32:64])
-    np.testing.assert_array_equal(layer.wk_KD[1], np.asarray(full.wk_KD)[16:32])
-    np.testing.assert_array_equal(layer.wo_DN[1], np.asarray(full.wo_DN)[:, 32:64])
+    np.testing.assert_array_equal(layer.wq_ND[0, 1], np.asarray(full.wq_ND)[32:64])
+    np.testing.assert_array_equal(layer.wk_KD[0, 1], np.asarray(full.wk_KD)[16:32])
+    np.testing.assert_array_equal(layer.wo_DN[0, 1], np.asarray(full.wo_DN)[:, 32:64])
 
 
 def test_vocabulary_is_padded_to_split_evenly(tiny_checkpoints):
     model = load_model(tiny_checkpoints.get("gqa"))
     assert padded_vocab(256, 3) == 258
-    shares = split_params(model.params, model.config, 3)
-    assert shares.embed_VD.shape == (3, 86, 48)
-    np.testing.assert_array_equal(chip_share(shares, 2).embed_VD[-2:], 0.0)
+    shares = split_params(model.params, model.config, Layout(tp=3))
+    assert shares.embed_VD.shape == (1, 3, 86, 48)
+    np.testing.assert_array_equal(chip_share(shares, 0, 2).embed_VD[-2:], 0.0)
+    # with stages too, the vocabulary is split over all pp * tp chips
+    shares = split_params(model.params, model.config, Layout(tp=3, pp=2))
+    assert shares.embed_VD.shape == (2, 3, 43, 48)
 
 
-def test_smollm2_tokens_identical_across_tp_and_placement():
+@pytest.mark.parametrize("variant, tp, pp", [("gqa", 1, 2), ("gqa", 3, 2), ("biases", 2, 2),
+                                             ("mqa", 1, 3), ("tied", 2, 3)])
+@pytest.mark.parametrize("fold", [False, True])
+def test_pipeline_stages_equal_one_chip(tiny_checkpoints, variant, tp, pp, fold):
+    model = load_model(tiny_checkpoints.get(variant))  # 3 layers: pp=2 leaves a short stage
+    prompt = tiny_models.random_prompt(13, seed=10)
+    _, single = run(model, prompt, 20)
+    engine, split = run(model, prompt, 20, layout=Layout(tp=tp, pp=pp), fold=fold)
+    assert len(engine.placement.devices) == (1 if fold else tp * pp)
+    assert_same_answer(single, split)
+
+
+def test_short_stages_are_padded_with_identity_layers():
+    layout = Layout(pp=4)
+    assert [len(s) for s in layout.stage_layers(30)] == [8, 8, 7, 7]
+    assert layout.layer_slots(30) == 8
+
+
+@pytest.fixture(scope="module")
+def smollm2():
     model = load_model()
     prompt = model.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Name the planets of the solar system."}])
-    _, single = run(model, prompt, 32)
-    for fold in (False, True):
-        _, split = run(model, prompt, 32, layout=Layout(tp=3), fold=fold)
+    return model, prompt, run(model, prompt, 16)[1]
+
+
+@pytest.mark.parametrize("tp, pp", [(3, 1), (1, 2), (3, 2), (1, 3), (1, 5), (3, 5)])
+def test_smollm2_tokens_identical_across_layouts(smollm2, tp, pp):
+    model, prompt, single = smollm2
+    placements = (True, False) if tp * pp <= len(jax.devices()) else (True,)
+    for fold in placements:
+        _, split = run(model, prompt, 16, layout=Layout(tp=tp, pp=pp), fold=fold)
         assert_same_answer(single, split)
 
 
@@ -75,9 +103,28 @@ def test_tp_that_does_not_divide_the_heads_lists_the_values_that_work():
         Engine(model, layout=Layout(tp=2))
 
 
-def test_more_chips_than_devices_fold_onto_one():
-    assert len(jax.devices()) == 8
-    model_config_tp = 12
+def test_pp_larger_than_the_layer_count_is_refused():
+    model = load_model()
+    with pytest.raises(UserError, match="--pp=31 is larger than the model's 30 layers"):
+        Engine(model, layout=Layout(pp=31))
+
+
+def test_576_chips_fold_onto_one_device(tiny_checkpoints):
     from lpu_jax.chips.placement import Placement
-    placement = Placement.choose(Layout(tp=model_config_tp))
+
+    assert len(jax.devices()) == 8
+    placement = Placement.choose(Layout(tp=3, pp=192))
     assert placement.folded and len(placement.devices) == 1
+    config = tiny_models.make_torch_model("gqa").config  # 3 layers: build a 192-layer twin
+    config.num_hidden_layers = 192
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    path = tiny_checkpoints.root / "deep"
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    model = load_model(path)
+    prompt = tiny_models.random_prompt(5, seed=11)
+    _, single = run(model, prompt, 3)
+    engine, split = run(model, prompt, 3, layout=Layout(tp=3, pp=192))
+    assert engine.layout.num_chips == 576 and engine.placement.folded
+    assert_same_answer(single, split)

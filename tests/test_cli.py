@@ -114,7 +114,8 @@ def test_damaged_checkpoints_are_named(broken, damage, message):
     (["--prompt", "hi", "--prompt_ids", "1"], "exactly one of --prompt and --prompt_ids"),
     (["--prompt", "hi", "--dump_logits", "/no/such/dir/x.npy"], "does not exist"),
     (["--prompt", "hi", "--tp", "2"], "--tp=2 does not divide the model"),
-    (["--prompt", "hi", "--tp", "0"], "--tp must be >= 1"),
+    (["--prompt", "hi", "--tp", "0"], "--tp and --pp must be >= 1"),
+    (["--prompt", "hi", "--pp", "31"], "--pp=31 is larger than the model's 30 layers"),
 ])
 def test_bad_flags_get_one_line(args, message):
     assert_user_error(generate(*args), message)

@@ -5,31 +5,63 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
 
-TP_AXIS = "tp"
+PP_AXIS, TP_AXIS = "pp", "tp"
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """tp chips split every layer Megatron-style (heads, MLP columns, vocabulary)."""
+    """pp pipeline stages, each a group of tp chips that split every layer Megatron-style.
+
+    The vocabulary (embedding and LM head) is split over all pp * tp chips.
+    """
 
     tp: int = 1
+    pp: int = 1
 
     @property
     def num_chips(self) -> int:
-        return self.tp
+        return self.tp * self.pp
+
+    @property
+    def axes(self) -> tuple[tuple[str, int], ...]:
+        """(name, size) of the chip axes, major first: the shape of the chip grid."""
+        return ((PP_AXIS, self.pp), (TP_AXIS, self.tp))
+
+    @property
+    def tp_axis(self) -> str | None:
+        return TP_AXIS if self.tp > 1 else None
+
+    @property
+    def vocab_axes(self) -> tuple[tuple[str, int], ...]:
+        return tuple((name, size) for name, size in self.axes if size > 1)
 
     def check(self, config: ModelConfig) -> None:
-        if self.tp < 1:
-            raise UserError(f"--tp must be >= 1, got {self.tp}")
+        if self.tp < 1 or self.pp < 1:
+            raise UserError(f"--tp and --pp must be >= 1, got tp={self.tp}, pp={self.pp}")
         if self.tp not in valid_tp(config):
             raise UserError(
                 f"--tp={self.tp} does not divide the model (num_attention_heads="
                 f"{config.num_heads}, num_key_value_heads={config.num_kv_heads}, "
                 f"intermediate_size={config.intermediate_size}); valid: "
                 f"{', '.join(map(str, valid_tp(config)))}")
+        if self.pp > config.num_layers:
+            raise UserError(f"--pp={self.pp} is larger than the model's {config.num_layers} "
+                            f"layers; use at most {config.num_layers} pipeline stages")
+
+    def stage_layers(self, num_layers: int) -> list[range]:
+        """The layers of each stage: contiguous, sizes differing by at most one."""
+        bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(num_layers),
+                                                                        self.pp)])
+        return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def layer_slots(self, num_layers: int) -> int:
+        """Layers per stage in the per-chip program; shorter stages fill up with identity layers."""
+        return -(-num_layers // self.pp)
 
 
 def valid_tp(config: ModelConfig) -> list[int]:

@@ -1,9 +1,10 @@
 """Placing the per-chip program on JAX devices.
 
-One program is written per chip, with collectives over the axis named TP_AXIS. It runs either with
-one chip per device (`jax.shard_map` over a device mesh) or with all chips folded onto one device
-(`jax.vmap` with the same axis name, which gives psum / all_gather / axis_index the same meaning).
-The number of emulated chips never depends on the number of devices.
+One program is written per chip, with collectives over the chip axes (pp, tp). It runs either with
+one chip per device (`jax.shard_map` over a device mesh of the same shape) or with all chips folded
+onto one device (nested `jax.vmap` with the same axis names, which gives psum / all_gather /
+ppermute / axis_index the same meaning). The number of emulated chips never depends on the number
+of devices.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lpu_jax.chips.layout import TP_AXIS, Layout
+from lpu_jax.chips.layout import Layout
 
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """Where the chips of a layout live: `folded` means all on devices[0]."""
+    """Where the chips of a layout live: `folded` means all of them on devices[0]."""
 
     layout: Layout
     devices: tuple[jax.Device, ...]
@@ -33,21 +34,30 @@ class Placement:
         devices = list(devices or jax.devices())
         if fold is None:
             fold = len(devices) < layout.num_chips
+        if not fold and len(devices) < layout.num_chips:
+            raise ValueError(f"{layout.num_chips} chips need {layout.num_chips} devices to run "
+                             f"unfolded; there are {len(devices)}")
         return cls(layout, tuple(devices[:1] if fold else devices[:layout.num_chips]), fold)
 
     def describe(self) -> dict:
-        return {"tp": self.layout.tp, "chips": self.layout.num_chips, "folded": self.folded,
-                "devices": len(self.devices), "platform": self.devices[0].platform}
+        return {"tp": self.layout.tp, "pp": self.layout.pp, "chips": self.layout.num_chips,
+                "folded": self.folded, "devices": len(self.devices),
+                "platform": self.devices[0].platform}
+
+    @property
+    def _names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.layout.axes)
 
     @property
     def mesh(self) -> Mesh:
-        return Mesh(np.array(self.devices), (TP_AXIS,))
+        shape = tuple(size for _, size in self.layout.axes)
+        return Mesh(np.array(self.devices).reshape(shape), self._names)
 
     def chip_sharding(self) -> jax.sharding.Sharding:
-        """How a pytree stacked along a leading chip axis is laid out on the devices."""
+        """How a pytree stacked along the leading chip axes is laid out on the devices."""
         if self.folded:
             return jax.sharding.SingleDeviceSharding(self.devices[0])
-        return NamedSharding(self.mesh, PartitionSpec(TP_AXIS))
+        return NamedSharding(self.mesh, PartitionSpec(*self._names))
 
     def put(self, stacked):
         return jax.device_put(stacked, self.chip_sharding())
@@ -55,24 +65,28 @@ class Placement:
     def run_per_chip(self, per_chip: Callable, num_replicated_outputs: int) -> Callable:
         """Lift per_chip(chip_params, chip_state, *shared_args) -> (*replicated, chip_state).
 
-        The result takes the stacked params and state (leading chip axis) and the shared
+        The result takes the stacked params and state (leading chip axes) and the shared
         arguments, and returns the replicated outputs (the same on every chip, taken once) and
         the new stacked state.
         """
-        n = num_replicated_outputs
+        n, depth = num_replicated_outputs, len(self._names)
         if self.folded:
             def folded(params, state, *shared):
-                outs = jax.vmap(per_chip, in_axes=(0, 0) + (None,) * len(shared),
-                                axis_name=TP_AXIS)(params, state, *shared)
-                return (*(o[0] for o in outs[:n]), outs[n])
+                lifted = per_chip
+                for name in reversed(self._names):  # innermost vmap is the minor axis
+                    lifted = jax.vmap(lifted, in_axes=(0, 0) + (None,) * len(shared),
+                                      axis_name=name)
+                outs = lifted(params, state, *shared)
+                first_chip = (0,) * depth
+                return (*(o[first_chip] for o in outs[:n]), outs[n])
             return folded
 
         def one_chip(params, state, *shared):
-            squeeze = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
-            outs = per_chip(squeeze(params), squeeze(state), *shared)
-            return (*outs[:n], jax.tree.map(lambda a: a[None], outs[n]))
+            unstack = lambda tree: jax.tree.map(lambda a: a.reshape(a.shape[depth:]), tree)  # noqa: E731
+            outs = per_chip(unstack(params), unstack(state), *shared)
+            return (*outs[:n], jax.tree.map(lambda a: a.reshape((1,) * depth + a.shape), outs[n]))
 
-        chips, shared_spec = PartitionSpec(TP_AXIS), PartitionSpec()
+        chips, shared_spec = PartitionSpec(*self._names), PartitionSpec()
 
         def sharded(params, state, *shared):
             return jax.shard_map(one_chip, mesh=self.mesh,

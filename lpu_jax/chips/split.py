@@ -1,17 +1,18 @@
-"""Each chip's share of the parameters, stacked along a leading chip axis of size tp."""
+"""Each chip's share of the parameters, stacked along leading chip axes [pp, tp]."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from lpu_jax.chips.layout import Layout
 from lpu_jax.config import ModelConfig
 from lpu_jax.model import LayerParams, Params
 
 
-def padded_vocab(vocab: int, tp: int) -> int:
+def padded_vocab(vocab: int, chips: int) -> int:
     """The vocabulary rounded up so each chip holds an equal slice (padding rows are zeros)."""
-    return -(-vocab // tp) * tp
+    return -(-vocab // chips) * chips
 
 
 def _rows(w, tp):
@@ -24,11 +25,12 @@ def _columns(w, tp):
     return jnp.moveaxis(w.reshape(*w.shape[:-1], tp, w.shape[-1] // tp), -2, 0)
 
 
-def _copies(w, tp):
-    return None if w is None else jnp.broadcast_to(w, (tp, *w.shape))
+def _copies(w, n):
+    return None if w is None else jnp.broadcast_to(w, (n, *w.shape))
 
 
 def split_layer(layer: LayerParams, tp: int) -> LayerParams:
+    """One layer -> tp shares, each leaf with a leading [tp] axis."""
     # Query rows are head-major and query heads are grouped by the KV head they share, so equal
     # row slices of wq, wk and wv keep every query head with its KV head.
     return LayerParams(
@@ -46,23 +48,40 @@ def split_layer(layer: LayerParams, tp: int) -> LayerParams:
     )
 
 
-def split_params(params: Params, config: ModelConfig, tp: int) -> Params:
-    """The whole model -> per-chip shares, every leaf with a leading [tp] axis."""
+def _identity_layer(like: LayerParams) -> LayerParams:
+    """All-zero weights: attention and MLP add exactly 0 to the residual, so x passes unchanged."""
+    return jax.tree.map(jnp.zeros_like, like)
+
+
+def split_params(params: Params, config: ModelConfig, layout: Layout) -> Params:
+    """The whole model -> per-chip shares, every leaf with leading [pp, tp] axes.
+
+    Stage s holds its layers in slots 0..n_s-1 of the per-chip program and identity layers after.
+    """
+    pp, tp = layout.pp, layout.tp
+    stages = layout.stage_layers(config.num_layers)
+    slots = []
+    for slot in range(layout.layer_slots(config.num_layers)):
+        per_stage = [params.layers[stage[slot]] if slot < len(stage)
+                     else _identity_layer(params.layers[0]) for stage in stages]
+        shares = [split_layer(layer, tp) for layer in per_stage]
+        slots.append(jax.tree.map(lambda *leaves: jnp.stack(leaves), *shares))
 
     def vocab_rows(w):
         if w is None:
             return None
-        pad = padded_vocab(config.vocab_size, tp) - w.shape[0]
-        return _rows(jnp.pad(w, ((0, pad), (0, 0))), tp)
+        pad = padded_vocab(config.vocab_size, pp * tp) - w.shape[0]
+        w = jnp.pad(w, ((0, pad), (0, 0)))
+        return w.reshape(pp, tp, w.shape[0] // (pp * tp), w.shape[1])
 
     return Params(
         embed_VD=vocab_rows(params.embed_VD),
-        layers=tuple(split_layer(layer, tp) for layer in params.layers),
-        final_norm_D=_copies(params.final_norm_D, tp),
+        layers=tuple(slots),
+        final_norm_D=_copies(_copies(params.final_norm_D, tp), pp),
         lm_head_VD=vocab_rows(params.lm_head_VD),
     )
 
 
-def chip_share(stacked, chip: int):
+def chip_share(stacked, stage: int, chip: int):
     """One chip's slice of a stacked pytree (for inspection and tests)."""
-    return jax.tree.map(lambda a: a[chip], stacked)
+    return jax.tree.map(lambda a: a[stage, chip], stacked)

@@ -22,7 +22,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of tokens whose "
                             "probability reaches p (1: all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
-_TP = flags.DEFINE_integer("tp", 1, "Tensor-parallel emulated chips (split heads, MLP, vocabulary).")
+_TP = flags.DEFINE_integer("tp", 1, "Tensor-parallel emulated chips per stage (split heads, "
+                           "MLP columns, vocabulary).")
+_PP = flags.DEFINE_integer("pp", 1, "Pipeline stages (groups of layers), each of --tp chips.")
 _FOLD = flags.DEFINE_bool("fold", None, "Fold all chips onto one device (default: one chip per "
                           "device when there are enough devices).")
 _DUMP_LOGITS = flags.DEFINE_string("dump_logits", None, "Save the logits that chose each new "
@@ -103,7 +105,7 @@ def main() -> None:
             sys.stdout.write(stream.push(token_id))
             sys.stdout.flush()
 
-    engine = Engine(model, sampling, Layout(tp=_TP.value), fold=_FOLD.value)
+    engine = Engine(model, sampling, Layout(tp=_TP.value, pp=_PP.value), fold=_FOLD.value)
     result = engine.generate(ids, common.MAX_NEW_TOKENS.value, on_token=on_token,
                              keep_logits=dump_path is not None)
     result.wall.load_s = load_s

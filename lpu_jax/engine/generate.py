@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpu_jax.checkpoint import LoadedModel
-from lpu_jax.chips.layout import TP_AXIS, Layout
+from lpu_jax.chips import program
+from lpu_jax.chips.layout import Layout
 from lpu_jax.chips.placement import Placement
 from lpu_jax.chips.split import split_params
-from lpu_jax.engine.sampling import SamplingConfig, sample
+from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
-from lpu_jax.model import KVCache, forward_hidden, logits_from_hidden
+from lpu_jax.model import KVCache
 
 MIN_BUCKET = 16
 
@@ -61,20 +62,6 @@ class Generation:
     logits: np.ndarray | None = None  # [len(tokens), V] float32, when asked for
 
 
-# The per-chip programs. Every chip ends with the full logits and draws the same token (same key).
-def _prefill(params, cache, tokens_BT, length, key, *, config, sampling, tp_axis):
-    x, cache = forward_hidden(params, config, tokens_BT, jnp.int32(0), cache, tp_axis)
-    last_B1D = jax.lax.dynamic_slice_in_dim(x, length - 1, 1, axis=1)
-    logits_BV = logits_from_hidden(params, last_B1D, tp_axis)[:, 0, :config.vocab_size]
-    return sample(logits_BV, jax.random.fold_in(key, length - 1), sampling), logits_BV, cache
-
-
-def _decode(params, cache, token_B, position, key, *, config, sampling, tp_axis):
-    x, cache = forward_hidden(params, config, token_B[:, None], position, cache, tp_axis)
-    logits_BV = logits_from_hidden(params, x, tp_axis)[:, 0, :config.vocab_size]
-    return sample(logits_BV, jax.random.fold_in(key, position), sampling), logits_BV, cache
-
-
 class Engine:
     """Generates from one loaded model on a deployment of emulated chips.
 
@@ -89,18 +76,18 @@ class Engine:
         self.sampling = sampling
         self.layout = layout
         self.placement = Placement.choose(layout, fold)
-        self.params = self.placement.put(split_params(model.params, model.config, layout.tp))
-        self._tp_axis = TP_AXIS if layout.tp > 1 else None
+        self.params = self.placement.put(split_params(model.params, model.config, layout))
         self._key = jax.random.key(sampling.seed)
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
         self.compile_count = 0
 
     def _empty_cache(self, batch: int, length: int) -> KVCache:
-        """Every chip's KV cache, stacked along the chip axis and placed like the parameters."""
-        tp = self.layout.tp
-        per_chip = KVCache.zeros(self.model.config, batch, length,
-                                 kv_heads=self.model.config.num_kv_heads // tp)
-        return self.placement.put(jax.tree.map(lambda a: jnp.broadcast_to(a, (tp, *a.shape)),
+        """Every chip's KV cache, stacked along the chip axes and placed like the parameters."""
+        config, layout = self.model.config, self.layout
+        per_chip = KVCache.zeros(config, batch, length, kv_heads=config.num_kv_heads // layout.tp,
+                                 layers=layout.layer_slots(config.num_layers))
+        grid = (layout.pp, layout.tp)
+        return self.placement.put(jax.tree.map(lambda a: jnp.broadcast_to(a, grid + a.shape),
                                                per_chip))
 
     @property
@@ -119,12 +106,12 @@ class Engine:
         cache = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
             a.shape, a.dtype, sharding=self.placement.chip_sharding()), cache)
         i32 = jax.ShapeDtypeStruct((), jnp.int32)
-        step = _prefill if kind == "prefill" else _decode
-        fn = functools.partial(step, config=config, sampling=self.sampling, tp_axis=self._tp_axis)
+        step = program.prefill if kind == "prefill" else program.decode
+        fn = functools.partial(step, config=config, layout=self.layout, sampling=self.sampling)
         tokens_shape = (batch, shape_args[2]) if kind == "prefill" else (batch,)
         args = (jax.ShapeDtypeStruct(tokens_shape, jnp.int32), i32)
-        program = self.placement.run_per_chip(fn, num_replicated_outputs=2)
-        compiled = jax.jit(program, donate_argnums=(1,)).lower(
+        on_chips = self.placement.run_per_chip(fn, num_replicated_outputs=2)
+        compiled = jax.jit(on_chips, donate_argnums=(1,)).lower(
             self.params, cache, *args, self._key).compile()
         # XLA:CPU finishes setting an executable up on its first run (about as long as a whole
         # decode of dozens of tokens here): pay that now, with zeros, so step timings are steady.
