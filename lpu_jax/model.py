@@ -5,7 +5,9 @@ run a whole model or the slice of heads one emulated chip holds.
 
 Letters in names and einsum strings: B batch, T new tokens, S cache positions, D model width,
 N query heads, K KV heads, G query heads per KV head, H head width, F MLP width, V vocabulary.
-Weights keep Hugging Face's [out, in] orientation, so a checkpoint maps onto them without a transpose.
+Weights are stored [in, out] (`x @ W`), the transpose of Hugging Face's layout: XLA multiplies
+that orientation without copying the weights also when chips are folded with vmap (the [out, in]
+one makes it transpose every batched weight on every step).
 
 Several chips enter only through axis names. `tp_axis` names the axis of one tensor-parallel
 group (Megatron-style): attention heads and MLP columns are split, so the attention output and MLP
@@ -31,14 +33,14 @@ Array = jax.Array
 @struct.dataclass
 class LayerParams:
     attn_norm_D: Array
-    wq_ND: Array  # rows: N*H, query heads stacked
-    wk_KD: Array  # rows: K*H
-    wv_KD: Array
-    wo_DN: Array  # columns: N*H
+    wq_DN: Array  # columns: N*H, query heads stacked head-major
+    wk_DK: Array  # columns: K*H
+    wv_DK: Array
+    wo_ND: Array  # rows: N*H
     mlp_norm_D: Array
-    w_gate_FD: Array
-    w_up_FD: Array
-    w_down_DF: Array
+    w_gate_DF: Array
+    w_up_DF: Array
+    w_down_FD: Array
     # Present only when the config asks for biases (attention_bias / mlp_bias); None otherwise.
     bq_N: Array | None = None
     bk_K: Array | None = None
@@ -51,10 +53,10 @@ class LayerParams:
 
 @struct.dataclass
 class Params:
-    embed_VD: Array
+    embed_DV: Array  # a column per token: the lookup takes columns, the tied LM head multiplies
     layers: tuple[LayerParams, ...]
     final_norm_D: Array
-    lm_head_VD: Array | None  # None when the embedding is tied
+    lm_head_DV: Array | None  # None when the embedding is tied
 
 
 @struct.dataclass
@@ -113,8 +115,8 @@ def apply_rope(x_BTNH: Array, positions_BT: Array, inv_freq_P: Array) -> Array:
     return (x_BTNH * cos + rotated * sin).astype(x_BTNH.dtype)
 
 
-def _linear(x: Array, w_OI: Array, b_O: Array | None) -> Array:
-    y = jnp.einsum("bti,oi->bto", x, w_OI, preferred_element_type=jnp.float32)
+def _linear(x: Array, w_IO: Array, b_O: Array | None) -> Array:
+    y = jnp.einsum("bti,io->bto", x, w_IO, preferred_element_type=jnp.float32)
     return y if b_O is None else y + b_O
 
 
@@ -124,22 +126,41 @@ def _sum_over_chips(partial: Array, bias: Array | None, tp_axis: str | None) -> 
     return total if bias is None else total + bias
 
 
+def cache_rows(cache_BSKH: Array, start: Array, T: int) -> Array:
+    """Cache entries start .. start+T-1; `start` is one position or one per batch row [B]."""
+    if jnp.ndim(start) == 0:
+        return jax.lax.dynamic_slice_in_dim(cache_BSKH, start, T, axis=1)
+    return jax.vmap(lambda c, s: jax.lax.dynamic_slice_in_dim(c, s, T, axis=0))(cache_BSKH, start)
+
+
+def write_cache_rows(cache_BSKH: Array, rows_BTKH: Array, start: Array) -> Array:
+    """The cache with entries start .. start+T-1 replaced (one start, or one per batch row)."""
+    rows_BTKH = rows_BTKH.astype(cache_BSKH.dtype)
+    if jnp.ndim(start) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache_BSKH, rows_BTKH, start, axis=1)
+    return jax.vmap(lambda c, r, s: jax.lax.dynamic_update_slice_in_dim(c, r, s, axis=0))(
+        cache_BSKH, rows_BTKH, start)
+
+
 def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSKH: Array,
               v_cache_BSKH: Array, start: Array, inv_freq_P: Array, head_dim: int,
-              tp_axis: str | None = None):
+              tp_axis: str | None = None, write: bool | Array = True):
     """Causal self-attention over the static cache; writes the new keys and values at `start`.
 
     Runs on this chip's heads; the output projection is summed over the tensor-parallel chips.
+    With `write` false the cache keeps its old entries (a pipeline stage working on a bubble).
     """
     B, T, _ = x_BTD.shape
-    q = _linear(x_BTD, layer.wq_ND, layer.bq_N).reshape(B, T, -1, head_dim)
-    k = _linear(x_BTD, layer.wk_KD, layer.bk_K).reshape(B, T, -1, head_dim)
-    v = _linear(x_BTD, layer.wv_KD, layer.bv_K).reshape(B, T, -1, head_dim)
+    q = _linear(x_BTD, layer.wq_DN, layer.bq_N).reshape(B, T, -1, head_dim)
+    k = _linear(x_BTD, layer.wk_DK, layer.bk_K).reshape(B, T, -1, head_dim)
+    v = _linear(x_BTD, layer.wv_DK, layer.bv_K).reshape(B, T, -1, head_dim)
     q, k = apply_rope(q, positions_BT, inv_freq_P), apply_rope(k, positions_BT, inv_freq_P)
 
-    at = (0, start, 0, 0)
-    k_cache_BSKH = jax.lax.dynamic_update_slice(k_cache_BSKH, k.astype(k_cache_BSKH.dtype), at)
-    v_cache_BSKH = jax.lax.dynamic_update_slice(v_cache_BSKH, v.astype(v_cache_BSKH.dtype), at)
+    if write is not True:
+        k = jnp.where(write, k, cache_rows(k_cache_BSKH, start, T))
+        v = jnp.where(write, v, cache_rows(v_cache_BSKH, start, T))
+    k_cache_BSKH = write_cache_rows(k_cache_BSKH, k, start)
+    v_cache_BSKH = write_cache_rows(v_cache_BSKH, v, start)
 
     K = k.shape[2]
     q_BTKGH = q.reshape(B, T, K, -1, head_dim)
@@ -152,14 +173,14 @@ def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSK
     out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache_BSKH.astype(jnp.float32),
                            preferred_element_type=jnp.float32)
     out_BTN = out_BTKGH.reshape(B, T, -1).astype(x_BTD.dtype)
-    out = _sum_over_chips(_linear(out_BTN, layer.wo_DN, None), layer.bo_D, tp_axis)
+    out = _sum_over_chips(_linear(out_BTN, layer.wo_ND, None), layer.bo_D, tp_axis)
     return out, k_cache_BSKH, v_cache_BSKH
 
 
 def mlp(layer: LayerParams, x_BTD: Array, tp_axis: str | None = None) -> Array:
-    gate = _linear(x_BTD, layer.w_gate_FD, layer.b_gate_F)
-    up = _linear(x_BTD, layer.w_up_FD, layer.b_up_F)
-    return _sum_over_chips(_linear(jax.nn.silu(gate) * up, layer.w_down_DF, None),
+    gate = _linear(x_BTD, layer.w_gate_DF, layer.b_gate_F)
+    up = _linear(x_BTD, layer.w_up_DF, layer.b_up_F)
+    return _sum_over_chips(_linear(jax.nn.silu(gate) * up, layer.w_down_FD, None),
                            layer.b_down_D, tp_axis)
 
 
@@ -171,15 +192,16 @@ def _chip_index(axes: tuple[tuple[str, int], ...]) -> Array:
     return index
 
 
-def embed(embed_VD: Array, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
-    """Embedding rows. vocab_axes ((name, size), ...) split the vocabulary: each chip holds one
-    slice, looks up the tokens that fall in it, and the psum brings every row to every chip."""
+def embed(embed_DV: Array, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
+    """Embedding vectors. vocab_axes ((name, size), ...) split the vocabulary: each chip holds one
+    slice, looks up the tokens that fall in it, and the psum brings every vector to every chip."""
+    lookup = lambda ids: jnp.moveaxis(jnp.take(embed_DV, ids, axis=1), 0, -1)  # noqa: E731
     if not vocab_axes:
-        return embed_VD[tokens_BT]
-    rows = embed_VD.shape[0]
-    local_BT = tokens_BT - _chip_index(vocab_axes) * rows
-    mine_BT = (local_BT >= 0) & (local_BT < rows)
-    x = jnp.where(mine_BT[..., None], embed_VD[jnp.clip(local_BT, 0, rows - 1)], 0.0)
+        return lookup(tokens_BT)
+    tokens_here = embed_DV.shape[1]
+    local_BT = tokens_BT - _chip_index(vocab_axes) * tokens_here
+    mine_BT = (local_BT >= 0) & (local_BT < tokens_here)
+    x = jnp.where(mine_BT[..., None], lookup(jnp.clip(local_BT, 0, tokens_here - 1)), 0.0)
     return jax.lax.psum(x, tuple(name for name, _ in vocab_axes))
 
 
@@ -188,21 +210,19 @@ def run_layers(layers: tuple[LayerParams, ...], cfg: ModelConfig, x_BTD: Array, 
                write: bool | Array = True) -> tuple[Array, KVCache]:
     """The decoder layers one chip holds, on tokens at positions start .. start+T-1.
 
-    `write` False keeps the cache unchanged (a pipeline stage working on a bubble); the layers are
-    a Python loop, unrolled in the compiled program: under lax.scan each step would slice a stacked
-    weight array, and those slices cost copies.
+    `start` is one position or one per batch row [B]. `write` False keeps the cache unchanged (a
+    pipeline stage working on a bubble). The layers are a Python loop, unrolled in the compiled
+    program: under lax.scan each step would slice a stacked weight array, and those slices cost
+    copies.
     """
     B, T, _ = x_BTD.shape
-    positions_BT = jnp.broadcast_to(start + jnp.arange(T), (B, T))
+    positions_BT = jnp.broadcast_to(jnp.reshape(start, (-1, 1)) + jnp.arange(T), (B, T))
     inv_freq_P = jnp.asarray(rope_inverse_frequencies(cfg))
     new_k, new_v = [], []
     for layer, k_cache, v_cache in zip(layers, cache.k, cache.v):
         h, k_next, v_next = attention(layer, rms_norm(x_BTD, layer.attn_norm_D, cfg.rms_norm_eps),
                                       positions_BT, k_cache, v_cache, start, inv_freq_P,
-                                      cfg.head_dim, tp_axis)
-        if write is not True:  # keep the old rows where this stage must not write
-            k_next = _keep_unless(write, k_next, k_cache, start, T)
-            v_next = _keep_unless(write, v_next, v_cache, start, T)
+                                      cfg.head_dim, tp_axis, write)
         x_BTD = x_BTD + h
         x_BTD = x_BTD + mlp(layer, rms_norm(x_BTD, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis)
         new_k.append(k_next)
@@ -210,26 +230,18 @@ def run_layers(layers: tuple[LayerParams, ...], cfg: ModelConfig, x_BTD: Array, 
     return x_BTD, KVCache(k=tuple(new_k), v=tuple(new_v))
 
 
-def _keep_unless(write: Array, updated_BSKH: Array, old_BSKH: Array, start: Array, T: int):
-    """The updated cache if write, else the old one -- touching only the T rows that changed."""
-    rows_new = jax.lax.dynamic_slice_in_dim(updated_BSKH, start, T, axis=1)
-    rows_old = jax.lax.dynamic_slice_in_dim(old_BSKH, start, T, axis=1)
-    return jax.lax.dynamic_update_slice_in_dim(updated_BSKH, jnp.where(write, rows_new, rows_old),
-                                               start, axis=1)
-
-
 def forward_hidden(params: Params, cfg: ModelConfig, tokens_BT: Array, start: Array,
                    cache: KVCache) -> tuple[Array, KVCache]:
     """The whole model on one chip: embedding, every layer, final norm."""
-    x, cache = run_layers(params.layers, cfg, embed(params.embed_VD, tokens_BT), start, cache)
+    x, cache = run_layers(params.layers, cfg, embed(params.embed_DV, tokens_BT), start, cache)
     return rms_norm(x, params.final_norm_D, cfg.rms_norm_eps), cache
 
 
 def logits_from_hidden(params: Params, x_BTD: Array,
                        vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
     """Logits over the whole vocabulary, gathered from every chip's slice when it is split."""
-    head_VD = params.embed_VD if params.lm_head_VD is None else params.lm_head_VD
-    logits = jnp.einsum("btd,vd->btv", x_BTD, head_VD, preferred_element_type=jnp.float32)
+    head_DV = params.embed_DV if params.lm_head_DV is None else params.lm_head_DV
+    logits = jnp.einsum("btd,dv->btv", x_BTD, head_DV, preferred_element_type=jnp.float32)
     for name, _ in reversed(vocab_axes):  # minor axis first, so slices land in chip order
         logits = jax.lax.all_gather(logits, name, axis=2, tiled=True)
     return logits
@@ -238,6 +250,6 @@ def logits_from_hidden(params: Params, x_BTD: Array,
 def forward_logits(params: Params, cfg: ModelConfig, tokens_BT: Array) -> Array:
     """Logits at every position of a whole sequence, starting from an empty cache (for checks)."""
     B, T = tokens_BT.shape
-    cache = KVCache.zeros(cfg, B, T, params.embed_VD.dtype)
+    cache = KVCache.zeros(cfg, B, T, params.embed_DV.dtype)
     x, _ = forward_hidden(params, cfg, tokens_BT, jnp.int32(0), cache)
     return logits_from_hidden(params, x)

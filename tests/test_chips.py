@@ -41,24 +41,24 @@ def test_each_chip_holds_only_its_share(tiny_checkpoints):
     model = load_model(tiny_checkpoints.get("gqa"))  # 6 query heads, 3 KV heads, head_dim 16
     engine = Engine(model, layout=Layout(tp=3), fold=False)
     layer = engine.params.layers[0]  # leaves are [pp, tp, ...]
-    assert layer.wq_ND.shape == (1, 3, 2 * 16, 48) and layer.wk_KD.shape == (1, 3, 16, 48)
-    assert layer.wq_ND.sharding.shard_shape(layer.wq_ND.shape) == (1, 1, 32, 48)
+    assert layer.wq_DN.shape == (1, 3, 48, 2 * 16) and layer.wk_DK.shape == (1, 3, 48, 16)
+    assert layer.wq_DN.sharding.shard_shape(layer.wq_DN.shape) == (1, 1, 48, 32)
     # chip 1 holds query heads 2-3, which share KV head 1
     full = model.params.layers[0]
-    np.testing.assert_array_equal(layer.wq_ND[0, 1], np.asarray(full.wq_ND)[32:64])
-    np.testing.assert_array_equal(layer.wk_KD[0, 1], np.asarray(full.wk_KD)[16:32])
-    np.testing.assert_array_equal(layer.wo_DN[0, 1], np.asarray(full.wo_DN)[:, 32:64])
+    np.testing.assert_array_equal(layer.wq_DN[0, 1], np.asarray(full.wq_DN)[:, 32:64])
+    np.testing.assert_array_equal(layer.wk_DK[0, 1], np.asarray(full.wk_DK)[:, 16:32])
+    np.testing.assert_array_equal(layer.wo_ND[0, 1], np.asarray(full.wo_ND)[32:64])
 
 
 def test_vocabulary_is_padded_to_split_evenly(tiny_checkpoints):
     model = load_model(tiny_checkpoints.get("gqa"))
     assert padded_vocab(256, 3) == 258
     shares = split_params(model.params, model.config, Layout(tp=3))
-    assert shares.embed_VD.shape == (1, 3, 86, 48)
-    np.testing.assert_array_equal(chip_share(shares, 0, 2).embed_VD[-2:], 0.0)
+    assert shares.embed_DV.shape == (1, 3, 48, 86)
+    np.testing.assert_array_equal(chip_share(shares, 0, 2).embed_DV[:, -2:], 0.0)
     # with stages too, the vocabulary is split over all pp * tp chips
     shares = split_params(model.params, model.config, Layout(tp=3, pp=2))
-    assert shares.embed_VD.shape == (2, 3, 43, 48)
+    assert shares.embed_DV.shape == (2, 3, 48, 43)
 
 
 @pytest.mark.parametrize("variant, tp, pp", [("gqa", 1, 2), ("gqa", 3, 2), ("biases", 2, 2),
@@ -128,3 +128,48 @@ def test_576_chips_fold_onto_one_device(tiny_checkpoints):
     engine, split = run(model, prompt, 3, layout=Layout(tp=3, pp=192))
     assert engine.layout.num_chips == 576 and engine.placement.folded
     assert_same_answer(single, split)
+
+
+@pytest.mark.parametrize("tp, pp, fold", [(1, 1, True), (1, 2, True), (1, 3, False),
+                                          (3, 2, True), (3, 2, False)])
+def test_ring_decode_of_a_batch_equals_single_streams(tiny_checkpoints, tp, pp, fold):
+    model = load_model(tiny_checkpoints.get("gqa"))
+    prompts = [tiny_models.random_prompt(4 + 3 * i, seed=20 + i) for i in range(6)]
+    singles = [Engine(model).generate(p, 12, stop_token_ids=(), keep_logits=True)
+               for p in prompts]
+    batch = Engine(model, layout=Layout(tp=tp, pp=pp), fold=fold).generate_batch(
+        prompts, 12, stop_token_ids=(), keep_logits=True)
+    for single, ours in zip(singles, batch):
+        assert_same_answer(single, ours)
+
+
+def test_ring_sequences_stop_on_their_own_and_200_tokens_compile_nothing_new(tiny_checkpoints):
+    model = load_model(tiny_checkpoints.get("mqa"))
+    prompts = [tiny_models.random_prompt(6, seed=30 + i) for i in range(4)]
+    free = [Engine(model).generate(p, 10, stop_token_ids=()).tokens for p in prompts]
+    stop = free[1][4]  # ends sequence 1 early (and any other that produces it)
+    engine = Engine(model, layout=Layout(pp=2), fold=True)
+    batch = engine.generate_batch(prompts, 10, stop_token_ids=(stop,))
+    for expected, got in zip(free, batch):
+        cut = expected.index(stop) + 1 if stop in expected else len(expected)
+        assert got.tokens == expected[:cut]
+    assert batch[1].finish_reason == "stop"
+    compiled = engine.compile_count
+    long = engine.generate_batch(prompts, 200, stop_token_ids=())
+    assert [len(g.tokens) for g in long] == [200] * 4
+    long_again = engine.generate_batch(prompts, 190, stop_token_ids=())
+    assert engine.compile_count == compiled + 2  # one prefill and one ring tick for 256 slots
+    assert long_again[0].wall.compile_s == 0.0
+
+
+def test_a_batch_that_does_not_fill_the_pipeline_is_refused(tiny_checkpoints):
+    model = load_model(tiny_checkpoints.get("mqa"))
+    with pytest.raises(UserError, match="a batch of 5 prompts does not fit 2 pipeline stages"):
+        Engine(model, layout=Layout(pp=2)).generate_batch([[5, 6]] * 5, 4)
+
+
+def test_two_runs_are_bit_identical_on_several_chips(tiny_checkpoints):
+    model = load_model(tiny_checkpoints.get("gqa"))
+    prompt = tiny_models.random_prompt(9, seed=40)
+    runs = [run(model, prompt, 16, layout=Layout(tp=3, pp=2), fold=False)[1] for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].logits, runs[1].logits)

@@ -39,10 +39,10 @@ def test_half_precision_checkpoints_load_exactly(tiny_checkpoints, dtype):
     path = tiny_checkpoints.get("gqa", dtype=dtype)
     reference = tiny_models.reference_model(path)  # upcast to float32 by transformers
     model = load_model(path)
-    for ours, theirs in zip([model.params.embed_VD, model.params.layers[1].wk_KD],
+    for ours, theirs in zip([model.params.embed_DV, model.params.layers[1].wk_DK],
                             [reference.model.embed_tokens.weight,
                              reference.model.layers[1].self_attn.k_proj.weight]):
-        np.testing.assert_array_equal(np.asarray(ours), theirs.detach().numpy())
+        np.testing.assert_array_equal(np.asarray(ours), theirs.detach().numpy().T)
     ids = tiny_models.random_prompt(64, seed=2)
     ours = np.asarray(forward_logits(model.params, model.config, jnp.asarray([ids]))[0])
     assert_logits_match(ours, tiny_models.reference_logits(reference, ids))

@@ -44,10 +44,10 @@ def test_config_from_gguf_metadata(smollm2):
 def test_weights_match_transformers_dequantization(smollm2):
     _, model = reference()
     layer = model.model.layers[3].self_attn
-    for ours, theirs in [(smollm2.params.layers[3].wq_ND, layer.q_proj.weight),
-                         (smollm2.params.layers[3].wk_KD, layer.k_proj.weight),
-                         (smollm2.params.embed_VD, model.model.embed_tokens.weight)]:
-        np.testing.assert_allclose(np.asarray(ours), theirs.detach().numpy(), rtol=0, atol=1e-6)
+    for ours, theirs in [(smollm2.params.layers[3].wq_DN, layer.q_proj.weight),
+                         (smollm2.params.layers[3].wk_DK, layer.k_proj.weight),
+                         (smollm2.params.embed_DV, model.model.embed_tokens.weight)]:
+        np.testing.assert_allclose(np.asarray(ours), theirs.detach().numpy().T, atol=1e-6)
 
 
 @pytest.mark.parametrize("text", [

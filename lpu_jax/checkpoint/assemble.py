@@ -1,7 +1,8 @@
 """Turn named tensors (Hugging Face names) into the Params pytree, one tensor at a time.
 
 Both the safetensors and the GGUF loaders speak Hugging Face names here, so the mapping, the shape
-checks and the streaming onto the device are written once.
+checks and the streaming onto the device are written once. Shapes are checked in Hugging Face's
+[out, in] layout; matrices are then transposed to the model's [in, out].
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from lpu_jax.model import LayerParams, Params
 # LayerParams field -> (Hugging Face suffix under model.layers.{i}., shape from the config)
 _LAYER_WEIGHTS = {
     "attn_norm_D": ("input_layernorm.weight", lambda c: (c.hidden_size,)),
-    "wq_ND": ("self_attn.q_proj.weight", lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
-    "wk_KD": ("self_attn.k_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    "wv_KD": ("self_attn.v_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    "wo_DN": ("self_attn.o_proj.weight", lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
+    "wq_DN": ("self_attn.q_proj.weight", lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
+    "wk_DK": ("self_attn.k_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
+    "wv_DK": ("self_attn.v_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
+    "wo_ND": ("self_attn.o_proj.weight", lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
     "mlp_norm_D": ("post_attention_layernorm.weight", lambda c: (c.hidden_size,)),
-    "w_gate_FD": ("mlp.gate_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
-    "w_up_FD": ("mlp.up_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
-    "w_down_DF": ("mlp.down_proj.weight", lambda c: (c.hidden_size, c.intermediate_size)),
+    "w_gate_DF": ("mlp.gate_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
+    "w_up_DF": ("mlp.up_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
+    "w_down_FD": ("mlp.down_proj.weight", lambda c: (c.hidden_size, c.intermediate_size)),
 }
 _ATTENTION_BIASES = {
     "bq_N": ("self_attn.q_proj.bias", lambda c: (c.num_heads * c.head_dim,)),
@@ -82,15 +83,18 @@ def build_params(cfg: ModelConfig, available: Iterable[str], read: Callable[[str
         if tuple(array.shape) != needed[name]:
             raise UserError(f"{source}: tensor {name!r} has shape {tuple(array.shape)}, the config "
                             f"needs {needed[name]}; config.json and weights do not match")
-        return jax.device_put(np.asarray(array, dtype=dtype), device)
+        array = np.asarray(array, dtype=dtype)
+        if array.ndim == 2:
+            array = np.ascontiguousarray(array.T)
+        return jax.device_put(array, device)
 
     layers = []
     for i in range(cfg.num_layers):
         layers.append(LayerParams(**{field: load(f"model.layers.{i}.{suffix}")
                                      for field, (suffix, _) in layer_fields(cfg).items()}))
     return Params(
-        embed_VD=load(EMBED),
+        embed_DV=load(EMBED),
         layers=tuple(layers),
         final_norm_D=load(FINAL_NORM),
-        lm_head_VD=None if cfg.tie_word_embeddings else load(LM_HEAD),
+        lm_head_DV=None if cfg.tie_word_embeddings else load(LM_HEAD),
     )

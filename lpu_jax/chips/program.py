@@ -3,8 +3,11 @@
 Pipeline stages form a conveyor: the embedded tokens enter stage 0, and after each tick every
 stage hands its activations to the next with ppermute. In single-stream mode one token (or one
 prompt) crosses all pp stages in pp ticks, so at each tick one stage works and the others run on
-a bubble: they compute but keep their KV cache unchanged. Every chip ends the step with the full
-logits and draws the same token from the same key.
+a bubble: they compute but keep their KV cache unchanged. In ring mode a batch is cut into pp
+micro-batches that circulate: at every tick each stage works on a different micro-batch, so the
+pipeline is full, and the micro-batch leaving the last stage gets its next token and re-enters
+stage 0 on the next tick. Every chip ends a step with the full logits and draws the same tokens
+from the same key.
 """
 
 from __future__ import annotations
@@ -12,34 +15,52 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from flax import struct
+
 from lpu_jax.chips.layout import PP_AXIS, Layout
 from lpu_jax.config import ModelConfig
 from lpu_jax.engine.sampling import SamplingConfig, sample
 from lpu_jax.model import KVCache, Params, embed, logits_from_hidden, rms_norm, run_layers
 
 
+@struct.dataclass
+class RingState:
+    """What a chip carries from one ring tick to the next."""
+
+    cache: KVCache  # the KV cache of every sequence in the batch, for this chip's layers
+    held_M1D: jax.Array  # the activations of the micro-batch this stage works on next
+
+
+def _ring(layout: Layout) -> list[tuple[int, int]]:
+    # Stage s feeds stage s+1 and the last feeds stage 0. Also in single-stream mode, where
+    # stage 0 is idle by then: vmap's ppermute, used when chips are folded, takes only full
+    # permutations.
+    return [(s, (s + 1) % layout.pp) for s in range(layout.pp)]
+
+
+def _from_last_stage(layout: Layout, stage, y):
+    """The last stage's activations, handed to every stage."""
+    return jax.lax.psum(jnp.where(stage == layout.pp - 1, y, 0.0), PP_AXIS)
+
+
 def conveyor(params: Params, config: ModelConfig, layout: Layout, tokens_BT: jax.Array,
              start: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     """Tokens through every stage; returns the final-norm hidden states on every chip."""
-    x = embed(params.embed_VD, tokens_BT, layout.vocab_axes)
+    x = embed(params.embed_DV, tokens_BT, layout.vocab_axes)
     if layout.pp == 1:
         x, cache = run_layers(params.layers, config, x, start, cache, layout.tp_axis)
     else:
         stage = jax.lax.axis_index(PP_AXIS)
-        # A ring (the last stage feeds stage 0, which is idle by then): vmap's ppermute, used when
-        # chips are folded, takes only full permutations.
-        to_next_stage = [(s, (s + 1) % layout.pp) for s in range(layout.pp)]
 
         def tick(t, carry):
             x, _, cache = carry
             y, cache = run_layers(params.layers, config, x, start, cache, layout.tp_axis,
                                   write=stage == t)
-            return jax.lax.ppermute(y, PP_AXIS, to_next_stage), y, cache
+            return jax.lax.ppermute(y, PP_AXIS, _ring(layout)), y, cache
 
         # A loop, not unrolled: the program stays one stage long whatever pp is.
         _, y, cache = jax.lax.fori_loop(0, layout.pp, tick, (x, jnp.zeros_like(x), cache))
-        # The last stage holds the result; the psum hands it to every stage.
-        x = jax.lax.psum(jnp.where(stage == layout.pp - 1, y, 0.0), PP_AXIS)
+        x = _from_last_stage(layout, stage, y)
     return rms_norm(x, params.final_norm_D, config.rms_norm_eps), cache
 
 
@@ -48,12 +69,13 @@ def _next_token(params, config, layout, sampling, x_B1D, key, position):
     return sample(logits_BV, jax.random.fold_in(key, position), sampling), logits_BV
 
 
-def prefill(params: Params, cache: KVCache, tokens_BT, length, key, *, config: ModelConfig,
+def prefill(params: Params, cache: KVCache, tokens_BT, lengths_B, key, *, config: ModelConfig,
             layout: Layout, sampling: SamplingConfig):
-    """The padded prompt from position 0; the token after its `length`-th entry."""
+    """Padded prompts from position 0; for each, the token after its last real entry."""
     x, cache = conveyor(params, config, layout, tokens_BT, jnp.int32(0), cache)
-    last_B1D = jax.lax.dynamic_slice_in_dim(x, length - 1, 1, axis=1)
-    token, logits = _next_token(params, config, layout, sampling, last_B1D, key, length - 1)
+    last_B1D = jnp.take_along_axis(x, (lengths_B - 1)[:, None, None], axis=1)
+    token, logits = _next_token(params, config, layout, sampling, last_B1D, key,
+                                jnp.max(lengths_B) - 1)
     return token, logits, cache
 
 
@@ -63,3 +85,35 @@ def decode(params: Params, cache: KVCache, token_B, position, key, *, config: Mo
     x, cache = conveyor(params, config, layout, token_B[:, None], position, cache)
     token, logits = _next_token(params, config, layout, sampling, x, key, position)
     return token, logits, cache
+
+
+def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, key, *,
+              config: ModelConfig, layout: Layout, sampling: SamplingConfig):
+    """One tick of the token ring over a batch of B = pp * M sequences.
+
+    At tick t stage s works on micro-batch (t - s) mod pp (once t >= s: before that it holds a
+    bubble). tokens_M are the newest tokens of micro-batch t mod pp, entering stage 0;
+    positions_B is where each sequence's newest token goes. Returns the next tokens of
+    micro-batch (t + 1) mod pp, which leaves the last stage now (meaningful once t >= pp - 1).
+    """
+    M = tokens_M.shape[0]
+    x = embed(params.embed_DV, tokens_M[:, None], layout.vocab_axes)
+    if layout.pp == 1:
+        stage, working = 0, True
+    else:
+        stage = jax.lax.axis_index(PP_AXIS)
+        working = tick >= stage
+        x = jnp.where(stage == 0, x, state.held_M1D)
+    first_row = ((tick - stage) % layout.pp) * M
+    rows = lambda a: jax.lax.dynamic_slice_in_dim(a, first_row, M, axis=0)  # noqa: E731
+    y, micro_cache = run_layers(params.layers, config, x, rows(positions_B),
+                                jax.tree.map(rows, state.cache), layout.tp_axis, write=working)
+    cache = jax.tree.map(lambda c, m: jax.lax.dynamic_update_slice_in_dim(c, m, first_row, axis=0),
+                         state.cache, micro_cache)
+    held = state.held_M1D
+    if layout.pp > 1:
+        held = jax.lax.ppermute(y, PP_AXIS, _ring(layout))
+        y = _from_last_stage(layout, stage, y)
+    token, logits = _next_token(params, config, layout, sampling,
+                                rms_norm(y, params.final_norm_D, config.rms_norm_eps), key, tick)
+    return token, logits, RingState(cache, held)

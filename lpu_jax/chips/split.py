@@ -30,16 +30,21 @@ def _copies(w, n):
 
 
 def split_layer(layer: LayerParams, tp: int) -> LayerParams:
-    """One layer -> tp shares, each leaf with a leading [tp] axis."""
-    # Query rows are head-major and query heads are grouped by the KV head they share, so equal
-    # row slices of wq, wk and wv keep every query head with its KV head.
+    """One layer -> tp shares, each leaf with a leading [tp] axis.
+
+    Column-parallel projections (q, k, v, gate, up) split their outputs; row-parallel ones (o,
+    down) split their inputs and give partial sums.
+    """
+    # Query columns are head-major and query heads are grouped by the KV head they share, so
+    # equal column slices of wq, wk and wv keep every query head with its KV head.
     return LayerParams(
         attn_norm_D=_copies(layer.attn_norm_D, tp),
-        wq_ND=_rows(layer.wq_ND, tp), wk_KD=_rows(layer.wk_KD, tp), wv_KD=_rows(layer.wv_KD, tp),
-        wo_DN=_columns(layer.wo_DN, tp),
+        wq_DN=_columns(layer.wq_DN, tp), wk_DK=_columns(layer.wk_DK, tp),
+        wv_DK=_columns(layer.wv_DK, tp),
+        wo_ND=_rows(layer.wo_ND, tp),
         mlp_norm_D=_copies(layer.mlp_norm_D, tp),
-        w_gate_FD=_rows(layer.w_gate_FD, tp), w_up_FD=_rows(layer.w_up_FD, tp),
-        w_down_DF=_columns(layer.w_down_DF, tp),
+        w_gate_DF=_columns(layer.w_gate_DF, tp), w_up_DF=_columns(layer.w_up_DF, tp),
+        w_down_FD=_rows(layer.w_down_FD, tp),
         bq_N=_rows(layer.bq_N, tp), bk_K=_rows(layer.bk_K, tp), bv_K=_rows(layer.bv_K, tp),
         # Added once after the partial sums are reduced, so every chip holds all of it.
         bo_D=_copies(layer.bo_D, tp),
@@ -67,18 +72,18 @@ def split_params(params: Params, config: ModelConfig, layout: Layout) -> Params:
         shares = [split_layer(layer, tp) for layer in per_stage]
         slots.append(jax.tree.map(lambda *leaves: jnp.stack(leaves), *shares))
 
-    def vocab_rows(w):
+    def vocab_columns(w):
         if w is None:
             return None
-        pad = padded_vocab(config.vocab_size, pp * tp) - w.shape[0]
-        w = jnp.pad(w, ((0, pad), (0, 0)))
-        return w.reshape(pp, tp, w.shape[0] // (pp * tp), w.shape[1])
+        pad = padded_vocab(config.vocab_size, pp * tp) - w.shape[1]
+        w = _columns(jnp.pad(w, ((0, 0), (0, pad))), pp * tp)
+        return w.reshape(pp, tp, *w.shape[1:])
 
     return Params(
-        embed_VD=vocab_rows(params.embed_VD),
+        embed_DV=vocab_columns(params.embed_DV),
         layers=tuple(slots),
         final_norm_D=_copies(_copies(params.final_norm_D, tp), pp),
-        lm_head_VD=vocab_rows(params.lm_head_VD),
+        lm_head_DV=vocab_columns(params.lm_head_DV),
     )
 
 

@@ -1,9 +1,13 @@
-"""The generate loop: prefill the prompt, then decode one token per compiled step.
+"""The generate loop: prefill the prompts, then decode one token per compiled step.
 
-Both steps are lowered and compiled ahead of time, once per shape, and kept: prompt lengths are
+Every step is lowered and compiled ahead of time, once per shape, and kept: prompt lengths are
 padded up to a power-of-two bucket and the KV cache to a power-of-two length, so a new prompt
-reuses an executable instead of compiling one. The cache is donated to each step, so XLA updates it
-in place.
+reuses an executable instead of compiling one. The state (KV cache) is donated to each step, so XLA
+updates it in place.
+
+One prompt decodes in single-stream mode (lowest latency: each token crosses the pipeline stages
+in one step). A batch decodes in ring mode: pp micro-batches circulate through the stages, one
+tick per step, so every stage works at every tick (highest throughput).
 """
 
 from __future__ import annotations
@@ -58,8 +62,26 @@ class WallTimes:
 class Generation:
     tokens: list[int]  # the new tokens, a stop token included when one ended the run
     finish_reason: str  # "stop" (a stop token), "length" (max_new_tokens) or "context" (full)
-    wall: WallTimes
+    wall: WallTimes  # in a batch, shared by all its sequences
     logits: np.ndarray | None = None  # [len(tokens), V] float32, when asked for
+
+
+class _Sequence:
+    """One prompt's progress: its new tokens, its budget and why it ended."""
+
+    def __init__(self, prompt_len: int, budget: int, max_new_tokens: int, stops: set[int]):
+        self.prompt_len, self.budget, self.max_new, self.stops = prompt_len, budget, max_new_tokens, stops
+        self.tokens: list[int] = []
+        self.logits: list[np.ndarray] = []
+
+    @property
+    def done(self) -> bool:
+        return bool(self.tokens) and (self.tokens[-1] in self.stops or len(self.tokens) >= self.budget)
+
+    def finish_reason(self) -> str:
+        if self.tokens[-1] in self.stops:
+            return "stop"
+        return "length" if len(self.tokens) == self.max_new else "context"
 
 
 class Engine:
@@ -81,100 +103,170 @@ class Engine:
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
         self.compile_count = 0
 
-    def _empty_cache(self, batch: int, length: int) -> KVCache:
-        """Every chip's KV cache, stacked along the chip axes and placed like the parameters."""
-        config, layout = self.model.config, self.layout
-        per_chip = KVCache.zeros(config, batch, length, kv_heads=config.num_kv_heads // layout.tp,
-                                 layers=layout.layer_slots(config.num_layers))
-        grid = (layout.pp, layout.tp)
-        return self.placement.put(jax.tree.map(lambda a: jnp.broadcast_to(a, grid + a.shape),
-                                               per_chip))
-
     @property
     def context_length(self) -> int:
         return self.model.config.max_position_embeddings
 
-    def _executable(self, kind: str, *shape_args) -> tuple[jax.stages.Compiled, float]:
+    def _on_chips(self, per_chip_tree):
+        """A per-chip pytree repeated on every chip, stacked on the chip axes and placed."""
+        grid = (self.layout.pp, self.layout.tp)
+        return self.placement.put(jax.tree.map(lambda a: jnp.broadcast_to(a, grid + a.shape),
+                                               per_chip_tree))
+
+    def _empty_cache(self, batch: int, length: int) -> KVCache:
+        config, layout = self.model.config, self.layout
+        return self._on_chips(KVCache.zeros(
+            config, batch, length, kv_heads=config.num_kv_heads // layout.tp,
+            layers=layout.layer_slots(config.num_layers)))
+
+    def _empty_ring(self, batch: int, length: int) -> program.RingState:
+        micro = batch // self.layout.pp
+        held = jnp.zeros((micro, 1, self.model.config.hidden_size), jnp.float32)
+        return program.RingState(self._empty_cache(batch, length), self._on_chips(held))
+
+    def _executable(self, kind: str, batch: int, cache_len: int,
+                    prompt_len: int = 0) -> tuple[jax.stages.Compiled, float]:
         """The compiled step for these shapes, and the seconds spent compiling it now (0: cached)."""
-        key = (kind, *shape_args)
+        key = (kind, batch, cache_len, prompt_len)
         if key in self._compiled:
             return self._compiled[key], 0.0
         start = time.perf_counter()
-        config = self.model.config
-        batch, cache_len = shape_args[0], shape_args[1]
-        cache = jax.eval_shape(lambda: self._empty_cache(batch, cache_len))
-        cache = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-            a.shape, a.dtype, sharding=self.placement.chip_sharding()), cache)
-        i32 = jax.ShapeDtypeStruct((), jnp.int32)
-        step = program.prefill if kind == "prefill" else program.decode
-        fn = functools.partial(step, config=config, layout=self.layout, sampling=self.sampling)
-        tokens_shape = (batch, shape_args[2]) if kind == "prefill" else (batch,)
-        args = (jax.ShapeDtypeStruct(tokens_shape, jnp.int32), i32)
+        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
+        if kind == "prefill":
+            step, make_state = program.prefill, self._empty_cache
+            args = (i32(batch, prompt_len), i32(batch))
+        elif kind == "decode":
+            step, make_state = program.decode, self._empty_cache
+            args = (i32(batch), i32())
+        else:
+            step, make_state = program.ring_tick, self._empty_ring
+            args = (i32(batch // self.layout.pp), i32(), i32(batch))
+        state = jax.eval_shape(lambda: make_state(batch, cache_len))
+        state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+            a.shape, a.dtype, sharding=self.placement.chip_sharding()), state)
+        fn = functools.partial(step, config=self.model.config, layout=self.layout,
+                               sampling=self.sampling)
         on_chips = self.placement.run_per_chip(fn, num_replicated_outputs=2)
         compiled = jax.jit(on_chips, donate_argnums=(1,)).lower(
-            self.params, cache, *args, self._key).compile()
+            self.params, state, *args, self._key).compile()
         # XLA:CPU finishes setting an executable up on its first run (about as long as a whole
         # decode of dozens of tokens here): pay that now, with zeros, so step timings are steady.
         zeros = [jnp.zeros(a.shape, a.dtype) for a in args]
-        jax.block_until_ready(compiled(self.params, self._empty_cache(batch, cache_len), *zeros,
+        jax.block_until_ready(compiled(self.params, make_state(batch, cache_len), *zeros,
                                        self._key))
         self._compiled[key] = compiled
         self.compile_count += 1
         return compiled, time.perf_counter() - start
 
+    def _plan(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+              stop_token_ids: Sequence[int] | None) -> tuple[list[_Sequence], int, int]:
+        """Check the prompts; each one's budget; the cache length and the padded prompt length."""
+        if max_new_tokens < 1:
+            raise UserError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
+        vocab = self.model.config.vocab_size
+        stops = set(self.model.stop_token_ids if stop_token_ids is None else stop_token_ids)
+        sequences = []
+        for prompt in prompts:
+            n = len(prompt)
+            if n == 0:
+                raise UserError("the prompt is empty")
+            if any(not 0 <= int(t) < vocab for t in prompt):
+                raise UserError(f"prompt token ids must be in [0, {vocab}) for this model")
+            if n >= self.context_length:
+                raise UserError(f"the prompt has {n} tokens; the model's context is "
+                                f"{self.context_length}, leaving no room to generate. Shorten it")
+            sequences.append(_Sequence(n, min(max_new_tokens, self.context_length - n),
+                                       max_new_tokens, stops))
+        cache_len = bucket(max(s.prompt_len + s.budget for s in sequences), self.context_length)
+        return sequences, cache_len, bucket(max(s.prompt_len for s in sequences), cache_len)
+
+    def _prefill(self, prompts, sequences, cache_len, prompt_len, wall, keep_logits):
+        prefill, seconds = self._executable("prefill", len(prompts), cache_len, prompt_len)
+        wall.compile_s += seconds
+        padded = np.zeros((len(prompts), prompt_len), np.int32)
+        for row, prompt in enumerate(prompts):
+            padded[row, :len(prompt)] = prompt
+        lengths = np.array([len(p) for p in prompts], np.int32)
+        start = time.perf_counter()
+        tokens, logits, cache = prefill(self.params, self._empty_cache(len(prompts), cache_len),
+                                        jnp.asarray(padded), jnp.asarray(lengths), self._key)
+        tokens = np.array(tokens)  # a writable copy: the ring updates it
+        for row, seq in enumerate(sequences):
+            seq.tokens.append(int(tokens[row]))
+            if keep_logits:
+                seq.logits.append(np.asarray(logits[row]))
+        wall.prefill_s = time.perf_counter() - start
+        return tokens, cache
+
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  stop_token_ids: Sequence[int] | None = None,
                  on_token: Callable[[int], None] | None = None,
                  keep_logits: bool = False) -> Generation:
-        """Prefill, then decode until a stop token, max_new_tokens or the context limit."""
-        n = len(prompt_ids)
-        if n == 0:
-            raise UserError("the prompt is empty")
-        if max_new_tokens < 1:
-            raise UserError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
-        vocab = self.model.config.vocab_size
-        if any(not 0 <= int(t) < vocab for t in prompt_ids):
-            raise UserError(f"prompt token ids must be in [0, {vocab}) for this model")
-        if n >= self.context_length:
-            raise UserError(f"the prompt has {n} tokens; the model's context is "
-                            f"{self.context_length}, leaving no room to generate. Shorten it")
-        budget = min(max_new_tokens, self.context_length - n)
-        stops = set(self.model.stop_token_ids if stop_token_ids is None else stop_token_ids)
-
+        """One prompt, single-stream: prefill, then decode until a stop token, max_new_tokens or
+        the context limit."""
+        (seq,), cache_len, prompt_len = self._plan([prompt_ids], max_new_tokens, stop_token_ids)
         wall = WallTimes()
-        cache_len = bucket(n + budget, self.context_length)
-        prompt_len = bucket(n, cache_len)
-        prefill, seconds = self._executable("prefill", 1, cache_len, prompt_len)
-        wall.compile_s += seconds
+        token, cache = self._prefill([prompt_ids], [seq], cache_len, prompt_len, wall, keep_logits)
         decode, seconds = self._executable("decode", 1, cache_len)
         wall.compile_s += seconds
-
-        params = self.params
-        cache = self._empty_cache(1, cache_len)
-        padded = np.zeros((1, prompt_len), np.int32)
-        padded[0, :n] = prompt_ids
-
-        start = time.perf_counter()
-        token, logits, cache = prefill(params, cache, jnp.asarray(padded), jnp.int32(n), self._key)
-        tokens, kept_logits = [int(token[0])], [np.asarray(logits[0])] if keep_logits else []
-        wall.prefill_s = time.perf_counter() - start
         if on_token:
-            on_token(tokens[-1])
+            on_token(seq.tokens[-1])
 
+        token = jnp.asarray(token)
         start = time.perf_counter()
-        while tokens[-1] not in stops and len(tokens) < budget:
-            position = jnp.int32(n + len(tokens) - 1)
-            token, logits, cache = decode(params, cache, token, position, self._key)
-            tokens.append(int(token[0]))
+        while not seq.done:
+            position = jnp.int32(seq.prompt_len + len(seq.tokens) - 1)
+            token, logits, cache = decode(self.params, cache, token, position, self._key)
+            seq.tokens.append(int(token[0]))
             if keep_logits:
-                kept_logits.append(np.asarray(logits[0]))
+                seq.logits.append(np.asarray(logits[0]))
             if on_token:
-                on_token(tokens[-1])
+                on_token(seq.tokens[-1])
         wall.decode_s = time.perf_counter() - start
-        wall.decode_tokens = len(tokens) - 1
+        wall.decode_tokens = len(seq.tokens) - 1
+        return Generation(seq.tokens, seq.finish_reason(), wall,
+                          np.stack(seq.logits) if keep_logits else None)
 
-        if tokens[-1] in stops:
-            reason = "stop"
-        else:
-            reason = "length" if len(tokens) == max_new_tokens else "context"
-        return Generation(tokens, reason, wall, np.stack(kept_logits) if keep_logits else None)
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       stop_token_ids: Sequence[int] | None = None,
+                       keep_logits: bool = False) -> list[Generation]:
+        """Several prompts at once, decoded in ring mode with the pipeline full.
+
+        The batch must split into pp equal micro-batches; each sequence stops on its own, the
+        ring runs until the last one is done.
+        """
+        pp = self.layout.pp
+        if not prompts or len(prompts) % pp:
+            valid = ", ".join(str(pp * k) for k in range(1, 4))
+            raise UserError(f"a batch of {len(prompts)} prompts does not fit {pp} pipeline "
+                            f"stages: it must split into {pp} equal micro-batches ({valid}, ...)")
+        sequences, cache_len, prompt_len = self._plan(prompts, max_new_tokens, stop_token_ids)
+        wall = WallTimes()
+        newest, cache = self._prefill(prompts, sequences, cache_len, prompt_len, wall,
+                                      keep_logits)
+        ring, seconds = self._executable("ring", len(prompts), cache_len)
+        wall.compile_s += seconds
+        micro = len(prompts) // pp
+        state = program.RingState(cache, self._empty_ring(len(prompts), cache_len).held_M1D)
+        positions = np.array([s.prompt_len for s in sequences], np.int32)
+
+        start, tick = time.perf_counter(), 0
+        while not all(s.done for s in sequences):
+            entering = slice((tick % pp) * micro, (tick % pp + 1) * micro)
+            tokens, logits, state = ring(self.params, state, jnp.asarray(newest[entering]),
+                                         jnp.int32(tick), jnp.asarray(positions), self._key)
+            if tick >= pp - 1:  # the micro-batch leaving the last stage has its next tokens
+                leaving = slice(((tick + 1) % pp) * micro, ((tick + 1) % pp + 1) * micro)
+                tokens = np.asarray(tokens)
+                newest[leaving] = tokens
+                positions[leaving] += 1
+                for row, seq in enumerate(sequences[leaving]):
+                    if not seq.done:
+                        seq.tokens.append(int(tokens[row]))
+                        if keep_logits:
+                            seq.logits.append(np.asarray(logits[row]))
+            tick += 1
+        wall.decode_s = time.perf_counter() - start
+        wall.decode_tokens = sum(len(s.tokens) - 1 for s in sequences)
+        return [Generation(s.tokens, s.finish_reason(), wall,
+                           np.stack(s.logits) if keep_logits else None) for s in sequences]
