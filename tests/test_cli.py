@@ -116,6 +116,10 @@ def test_damaged_checkpoints_are_named(broken, damage, message):
     (["--prompt", "hi", "--tp", "2"], "--tp=2 does not divide the model"),
     (["--prompt", "hi", "--tp", "0"], "--tp and --pp must be >= 1"),
     (["--prompt", "hi", "--pp", "31"], "--pp=31 is larger than the model's 30 layers"),
+    (["--prompt", "hi", "--tp", "3", "--fold=false"], "3 chips need 3 devices"),
+    (["--prompt", "hi", "--num_processes", "2"], "several processes need --coordinator"),
+    (["--prompt", "hi", "--num_processes", "2", "--process_id", "2", "--coordinator", "h:1"],
+     "--process_id must be in [0, 2)"),
 ])
 def test_bad_flags_get_one_line(args, message):
     assert_user_error(generate(*args), message)

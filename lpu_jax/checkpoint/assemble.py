@@ -76,7 +76,7 @@ def build_params(cfg: ModelConfig, available: Iterable[str], read: Callable[[str
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"{source}: checkpoint lacks tensor {missing[0]!r}{more}; "
                         "is it complete and a Llama-architecture model?")
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]  # this process's own, also under jax.distributed
 
     def load(name: str) -> jax.Array:
         array = read(name)

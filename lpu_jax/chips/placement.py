@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lpu_jax.chips.layout import Layout
+from lpu_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +31,21 @@ class Placement:
     @classmethod
     def choose(cls, layout: Layout, fold: bool | None = None,
                devices: list[jax.Device] | None = None) -> "Placement":
-        """One chip per device when there are enough devices (unless fold=True); else folded."""
+        """One chip per device when there are enough devices (unless fold=True); else folded.
+
+        With several processes (jax.distributed) the chips are spread over every process's
+        devices, one chip per device: folding cannot span processes.
+        """
         devices = list(devices or jax.devices())
+        processes = jax.process_count()
         if fold is None:
-            fold = len(devices) < layout.num_chips
+            fold = len(devices) < layout.num_chips and processes == 1
+        if fold and processes > 1:
+            raise UserError(f"chips cannot be folded across {processes} processes; give the "
+                            f"processes {layout.num_chips} devices in all, one per chip")
         if not fold and len(devices) < layout.num_chips:
-            raise ValueError(f"{layout.num_chips} chips need {layout.num_chips} devices to run "
-                             f"unfolded; there are {len(devices)}")
+            raise UserError(f"{layout.num_chips} chips need {layout.num_chips} devices to run "
+                            f"one chip per device; there are {len(devices)}")
         return cls(layout, tuple(devices[:1] if fold else devices[:layout.num_chips]), fold)
 
     def describe(self) -> dict:
@@ -60,7 +69,19 @@ class Placement:
         return NamedSharding(self.mesh, PartitionSpec(*self._names))
 
     def put(self, stacked):
-        return jax.device_put(stacked, self.chip_sharding())
+        """Place a pytree stacked on the chip axes: each device gets its chip's slice.
+
+        Built slice by slice from host values, which also works when the devices belong to
+        several processes (each process fills its own devices from the same values).
+        """
+        sharding = self.chip_sharding()
+        if self.folded:
+            return jax.device_put(stacked, sharding)
+
+        def place(leaf):
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        return jax.tree.map(place, stacked)
 
     def run_per_chip(self, per_chip: Callable, num_replicated_outputs: int) -> Callable:
         """Lift per_chip(chip_params, chip_state, *shared_args) -> (*replicated, chip_state).

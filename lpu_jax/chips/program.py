@@ -64,30 +64,33 @@ def conveyor(params: Params, config: ModelConfig, layout: Layout, tokens_BT: jax
     return rms_norm(x, params.final_norm_D, config.rms_norm_eps), cache
 
 
-def _next_token(params, config, layout, sampling, x_B1D, key, position):
+def _next_token(params, config, layout, sampling, x_B1D, seed, step):
+    """Logits and the sampled token; the key comes from the seed and the step, so every chip and
+    every process draws the same token with no key to ship around."""
     logits_BV = logits_from_hidden(params, x_B1D, layout.vocab_axes)[:, 0, :config.vocab_size]
-    return sample(logits_BV, jax.random.fold_in(key, position), sampling), logits_BV
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    return sample(logits_BV, key, sampling), logits_BV
 
 
-def prefill(params: Params, cache: KVCache, tokens_BT, lengths_B, key, *, config: ModelConfig,
+def prefill(params: Params, cache: KVCache, tokens_BT, lengths_B, seed, *, config: ModelConfig,
             layout: Layout, sampling: SamplingConfig):
     """Padded prompts from position 0; for each, the token after its last real entry."""
     x, cache = conveyor(params, config, layout, tokens_BT, jnp.int32(0), cache)
     last_B1D = jnp.take_along_axis(x, (lengths_B - 1)[:, None, None], axis=1)
-    token, logits = _next_token(params, config, layout, sampling, last_B1D, key,
+    token, logits = _next_token(params, config, layout, sampling, last_B1D, seed,
                                 jnp.max(lengths_B) - 1)
     return token, logits, cache
 
 
-def decode(params: Params, cache: KVCache, token_B, position, key, *, config: ModelConfig,
+def decode(params: Params, cache: KVCache, token_B, position, seed, *, config: ModelConfig,
            layout: Layout, sampling: SamplingConfig):
     """One token at `position`; the token after it."""
     x, cache = conveyor(params, config, layout, token_B[:, None], position, cache)
-    token, logits = _next_token(params, config, layout, sampling, x, key, position)
+    token, logits = _next_token(params, config, layout, sampling, x, seed, position)
     return token, logits, cache
 
 
-def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, key, *,
+def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, seed, *,
               config: ModelConfig, layout: Layout, sampling: SamplingConfig):
     """One tick of the token ring over a batch of B = pp * M sequences.
 
@@ -115,5 +118,5 @@ def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, key
         held = jax.lax.ppermute(y, PP_AXIS, _ring(layout))
         y = _from_last_stage(layout, stage, y)
     token, logits = _next_token(params, config, layout, sampling,
-                                rms_norm(y, params.final_norm_D, config.rms_norm_eps), key, tick)
+                                rms_norm(y, params.final_norm_D, config.rms_norm_eps), seed, tick)
     return token, logits, RingState(cache, held)

@@ -27,6 +27,13 @@ _TP = flags.DEFINE_integer("tp", 1, "Tensor-parallel emulated chips per stage (s
 _PP = flags.DEFINE_integer("pp", 1, "Pipeline stages (groups of layers), each of --tp chips.")
 _FOLD = flags.DEFINE_bool("fold", None, "Fold all chips onto one device (default: one chip per "
                           "device when there are enough devices).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Emulate this many CPU devices (per "
+                                    "process), e.g. one per chip.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, to spread the "
+                                   "chips over several processes (jax.distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the deployment.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index; only process 0 "
+                                   "prints and writes files.")
 _DUMP_LOGITS = flags.DEFINE_string("dump_logits", None, "Save the logits that chose each new "
                                    "token as a float32 .npy array [new_tokens, vocab].")
 
@@ -86,6 +93,14 @@ def main() -> None:
     if common.PROMPT.value is None and _PROMPT_IDS.value is None:
         raise UserError("pass --prompt TEXT (or --prompt_ids 1,2,3)")
 
+    from lpu_jax.chips import distributed
+
+    if _NUM_PROCESSES.value > 1:
+        # gloo prints its connection log on file descriptor 1: give it stderr, keep stdout ours.
+        sys.stdout = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+    distributed.start(_CPU_DEVICES.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                      _PROCESS_ID.value)
     common.enable_compilation_cache()
     from lpu_jax.checkpoint import load_model
     from lpu_jax.chips.layout import Layout
@@ -97,8 +112,9 @@ def main() -> None:
     load_s = time.perf_counter() - start
     ids = prompt_tokens(model.tokenizer)
 
+    speaks = _PROCESS_ID.value == 0
     on_token = None
-    if not common.JSON.value and model.tokenizer is not None:
+    if speaks and not common.JSON.value and model.tokenizer is not None:
         stream = IncrementalDecoder(model.tokenizer)
 
         def on_token(token_id):
@@ -109,6 +125,8 @@ def main() -> None:
     result = engine.generate(ids, common.MAX_NEW_TOKENS.value, on_token=on_token,
                              keep_logits=dump_path is not None)
     result.wall.load_s = load_s
+    if not speaks:
+        return
     if dump_path is not None:
         save_npy_atomically(dump_path, result.logits)
     text = model.tokenizer.decode(result.tokens) if model.tokenizer else None

@@ -99,7 +99,7 @@ class Engine:
         self.layout = layout
         self.placement = Placement.choose(layout, fold)
         self.params = self.placement.put(split_params(model.params, model.config, layout))
-        self._key = jax.random.key(sampling.seed)
+        self._seed = np.int32(sampling.seed)
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
         self.compile_count = 0
 
@@ -141,19 +141,18 @@ class Engine:
         else:
             step, make_state = program.ring_tick, self._empty_ring
             args = (i32(batch // self.layout.pp), i32(), i32(batch))
-        state = jax.eval_shape(lambda: make_state(batch, cache_len))
-        state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-            a.shape, a.dtype, sharding=self.placement.chip_sharding()), state)
+        state = make_state(batch, cache_len)  # also the warm-up's input, below
+        abstract_state = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
         fn = functools.partial(step, config=self.model.config, layout=self.layout,
                                sampling=self.sampling)
         on_chips = self.placement.run_per_chip(fn, num_replicated_outputs=2)
         compiled = jax.jit(on_chips, donate_argnums=(1,)).lower(
-            self.params, state, *args, self._key).compile()
+            self.params, abstract_state, *args, jax.ShapeDtypeStruct((), jnp.int32)).compile()
         # XLA:CPU finishes setting an executable up on its first run (about as long as a whole
         # decode of dozens of tokens here): pay that now, with zeros, so step timings are steady.
-        zeros = [jnp.zeros(a.shape, a.dtype) for a in args]
-        jax.block_until_ready(compiled(self.params, make_state(batch, cache_len), *zeros,
-                                       self._key))
+        zeros = [np.zeros(a.shape, a.dtype) for a in args]
+        jax.block_until_ready(compiled(self.params, state, *zeros, self._seed))
         self._compiled[key] = compiled
         self.compile_count += 1
         return compiled, time.perf_counter() - start
@@ -189,7 +188,7 @@ class Engine:
         lengths = np.array([len(p) for p in prompts], np.int32)
         start = time.perf_counter()
         tokens, logits, cache = prefill(self.params, self._empty_cache(len(prompts), cache_len),
-                                        jnp.asarray(padded), jnp.asarray(lengths), self._key)
+                                        padded, lengths, self._seed)
         tokens = np.array(tokens)  # a writable copy: the ring updates it
         for row, seq in enumerate(sequences):
             seq.tokens.append(int(tokens[row]))
@@ -205,6 +204,8 @@ class Engine:
         """One prompt, single-stream: prefill, then decode until a stop token, max_new_tokens or
         the context limit."""
         (seq,), cache_len, prompt_len = self._plan([prompt_ids], max_new_tokens, stop_token_ids)
+        # Shared step arguments are passed as numpy values: with several processes each one
+        # hands in the same host value, which a device array of one process could not be.
         wall = WallTimes()
         token, cache = self._prefill([prompt_ids], [seq], cache_len, prompt_len, wall, keep_logits)
         decode, seconds = self._executable("decode", 1, cache_len)
@@ -212,11 +213,10 @@ class Engine:
         if on_token:
             on_token(seq.tokens[-1])
 
-        token = jnp.asarray(token)
         start = time.perf_counter()
         while not seq.done:
-            position = jnp.int32(seq.prompt_len + len(seq.tokens) - 1)
-            token, logits, cache = decode(self.params, cache, token, position, self._key)
+            position = np.int32(seq.prompt_len + len(seq.tokens) - 1)
+            token, logits, cache = decode(self.params, cache, token, position, self._seed)
             seq.tokens.append(int(token[0]))
             if keep_logits:
                 seq.logits.append(np.asarray(logits[0]))
@@ -253,8 +253,8 @@ class Engine:
         start, tick = time.perf_counter(), 0
         while not all(s.done for s in sequences):
             entering = slice((tick % pp) * micro, (tick % pp + 1) * micro)
-            tokens, logits, state = ring(self.params, state, jnp.asarray(newest[entering]),
-                                         jnp.int32(tick), jnp.asarray(positions), self._key)
+            tokens, logits, state = ring(self.params, state, newest[entering].copy(), np.int32(tick),
+                                         positions.copy(), self._seed)
             if tick >= pp - 1:  # the micro-batch leaving the last stage has its next tokens
                 leaving = slice(((tick + 1) % pp) * micro, ((tick + 1) % pp + 1) * micro)
                 tokens = np.asarray(tokens)

@@ -1,0 +1,29 @@
+"""Joining a deployment that spans several processes (jax.distributed), and emulated CPU devices.
+
+Both must happen before JAX runs anything. Across processes the chips are spread one per device
+over every process's devices; each process runs the same program on the same inputs and the
+collectives cross process boundaries (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+from lpu_jax.errors import UserError
+
+
+def start(cpu_devices: int | None = None, coordinator: str | None = None,
+          num_processes: int = 1, process_id: int = 0) -> None:
+    import jax
+
+    if cpu_devices is not None:
+        if cpu_devices < 1:
+            raise UserError(f"--cpu_devices must be >= 1, got {cpu_devices}")
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    if num_processes == 1:
+        return
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise UserError(f"--process_id must be in [0, {num_processes}), got {process_id}")
+    if not coordinator:
+        raise UserError("several processes need --coordinator HOST:PORT (process 0's address)")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
