@@ -6,7 +6,7 @@ os.environ.setdefault("LPU_JAX_CACHE_DIR", "")  # tests compile for real, no per
 
 import jax  # noqa: E402
 
-jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_num_cpu_devices", 16)  # one per chip up to 16 chips
 
 import pytest  # noqa: E402
 

@@ -87,11 +87,10 @@ def smollm2():
     return model, prompt, run(model, prompt, 16)[1]
 
 
-@pytest.mark.parametrize("tp, pp", [(3, 1), (1, 2), (3, 2), (1, 3), (1, 5), (3, 5)])
+@pytest.mark.parametrize("tp, pp", [(3, 1), (1, 2), (3, 2), (1, 3), (3, 3), (1, 5), (3, 5)])
 def test_smollm2_tokens_identical_across_layouts(smollm2, tp, pp):
     model, prompt, single = smollm2
-    placements = (True, False) if tp * pp <= len(jax.devices()) else (True,)
-    for fold in placements:
+    for fold in (True, False):
         _, split = run(model, prompt, 16, layout=Layout(tp=tp, pp=pp), fold=fold)
         assert_same_answer(single, split)
 
@@ -112,7 +111,7 @@ def test_pp_larger_than_the_layer_count_is_refused():
 def test_576_chips_fold_onto_one_device(tiny_checkpoints):
     from lpu_jax.chips.placement import Placement
 
-    assert len(jax.devices()) == 8
+    assert len(jax.devices()) == 16
     placement = Placement.choose(Layout(tp=3, pp=192))
     assert placement.folded and len(placement.devices) == 1
     config = tiny_models.make_torch_model("gqa").config  # 3 layers: build a 192-layer twin

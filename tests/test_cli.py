@@ -111,12 +111,13 @@ def test_damaged_checkpoints_are_named(broken, damage, message):
     (["--prompt", "hi", "--top_k", "many"], "top_k"),
     (["--prompt", "hi", "--no_such_flag"], "Unknown command line flag 'no_such_flag'"),
     (["--prompt_ids", "1,x"], "--prompt_ids must be comma-separated integers"),
-    (["--prompt", "hi", "--prompt_ids", "1"], "exactly one of --prompt and --prompt_ids"),
+    (["--prompt", "hi", "--prompt_ids", "1"], "exactly one of --prompt, --prompt_ids and --prompts_file"),
     (["--prompt", "hi", "--dump_logits", "/no/such/dir/x.npy"], "does not exist"),
     (["--prompt", "hi", "--tp", "2"], "--tp=2 does not divide the model"),
     (["--prompt", "hi", "--tp", "0"], "--tp and --pp must be >= 1"),
     (["--prompt", "hi", "--pp", "31"], "--pp=31 is larger than the model's 30 layers"),
     (["--prompt", "hi", "--tp", "3", "--fold=false"], "3 chips need 3 devices"),
+    (["--prompts_file", "/no/such/prompts.txt"], "--prompts_file: /no/such/prompts.txt: no such"),
     (["--prompt", "hi", "--num_processes", "2"], "several processes need --coordinator"),
     (["--prompt", "hi", "--num_processes", "2", "--process_id", "2", "--coordinator", "h:1"],
      "--process_id must be in [0, 2)"),
@@ -137,3 +138,24 @@ def test_a_failed_run_leaves_no_logits_file(tiny_checkpoints, tmp_path):
                       "--dump_logits", str(target))
     assert_user_error(result, "prompt token ids must be in [0, 256)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_of_prompts_decodes_with_the_pipeline_full(tmp_path):
+    questions = ["What is the capital of France?", "Name three colors."]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(questions) + "\n")
+    result = generate("--prompts_file", str(prompts), "--chat", "--pp", "2", "--json",
+                      "--max_new_tokens", "12")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["chips"]["pp"] == 2 and "Paris" in out["batch"][0]["text"]
+    singles = [json.loads(generate("--prompt", q, "--chat", "--json", "--max_new_tokens",
+                                   "12").stdout) for q in questions]
+    assert [b["tokens"] for b in out["batch"]] == [s["tokens"] for s in singles]
+
+
+def test_a_batch_that_does_not_fill_the_pipeline_gets_one_line(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\nthree\n")
+    assert_user_error(generate("--prompts_file", str(prompts), "--pp", "2"),
+                      "a batch of 3 prompts does not fit 2 pipeline stages")

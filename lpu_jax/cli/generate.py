@@ -34,6 +34,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the deployment.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index; only process 0 "
                                    "prints and writes files.")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A batch: a text file with one prompt "
+                                    "per line, decoded together with the pipeline full (ring "
+                                    "mode); the count must be a multiple of --pp.")
 _DUMP_LOGITS = flags.DEFINE_string("dump_logits", None, "Save the logits that chose each new "
                                    "token as a float32 .npy array [new_tokens, vocab].")
 
@@ -48,18 +51,37 @@ def parse_prompt_ids(text: str) -> list[int]:
     return ids
 
 
-def prompt_tokens(tokenizer) -> list[int]:
-    if (common.PROMPT.value is None) == (_PROMPT_IDS.value is None):
-        raise UserError("pass exactly one of --prompt and --prompt_ids")
+def prompt_batch(tokenizer) -> tuple[list[list[int]], bool]:
+    """The prompts as token ids, and whether they came as a batch (--prompts_file)."""
+    given = [f for f in (common.PROMPT, _PROMPT_IDS, _PROMPTS_FILE) if f.value is not None]
+    if len(given) != 1:
+        raise UserError("pass exactly one of --prompt, --prompt_ids and --prompts_file")
     if _PROMPT_IDS.value is not None:
         if _CHAT.value:
             raise UserError("--chat needs --prompt text, not --prompt_ids")
-        return parse_prompt_ids(_PROMPT_IDS.value)
+        return [parse_prompt_ids(_PROMPT_IDS.value)], False
     if tokenizer is None:
         raise UserError("this checkpoint ships no tokenizer lpu_jax can read; use --prompt_ids")
-    if _CHAT.value:
-        return tokenizer.apply_chat_template([{"role": "user", "content": common.PROMPT.value}])
-    return tokenizer.encode(common.PROMPT.value)
+    texts = [common.PROMPT.value] if common.PROMPT.value is not None else read_prompts_file()
+
+    def encode(text):
+        if _CHAT.value:
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}])
+        return tokenizer.encode(text)
+    return [encode(text) for text in texts], _PROMPTS_FILE.value is not None
+
+
+def read_prompts_file() -> list[str]:
+    try:
+        lines = Path(_PROMPTS_FILE.value).read_text().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"--prompts_file: {_PROMPTS_FILE.value}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--prompts_file: cannot read {_PROMPTS_FILE.value} ({e})") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"--prompts_file: {_PROMPTS_FILE.value} holds no prompt")
+    return prompts
 
 
 def check_output_path(path: str) -> Path:
@@ -90,8 +112,8 @@ def main() -> None:
     if common.MAX_NEW_TOKENS.value < 1:
         raise UserError(f"--max_new_tokens must be >= 1, got {common.MAX_NEW_TOKENS.value}")
     dump_path = check_output_path(_DUMP_LOGITS.value) if _DUMP_LOGITS.value else None
-    if common.PROMPT.value is None and _PROMPT_IDS.value is None:
-        raise UserError("pass --prompt TEXT (or --prompt_ids 1,2,3)")
+    if all(f.value is None for f in (common.PROMPT, _PROMPT_IDS, _PROMPTS_FILE)):
+        raise UserError("pass --prompt TEXT (or --prompt_ids 1,2,3, or --prompts_file FILE)")
 
     from lpu_jax.chips import distributed
 
@@ -110,44 +132,59 @@ def main() -> None:
     start = time.perf_counter()
     model = load_model(common.MODEL.value)
     load_s = time.perf_counter() - start
-    ids = prompt_tokens(model.tokenizer)
-
-    speaks = _PROCESS_ID.value == 0
-    on_token = None
-    if speaks and not common.JSON.value and model.tokenizer is not None:
-        stream = IncrementalDecoder(model.tokenizer)
-
-        def on_token(token_id):
-            sys.stdout.write(stream.push(token_id))
-            sys.stdout.flush()
-
+    prompts, is_batch = prompt_batch(model.tokenizer)
+    if is_batch and dump_path is not None:
+        raise UserError("--dump_logits takes a single prompt, not --prompts_file")
     engine = Engine(model, sampling, Layout(tp=_TP.value, pp=_PP.value), fold=_FOLD.value)
-    result = engine.generate(ids, common.MAX_NEW_TOKENS.value, on_token=on_token,
-                             keep_logits=dump_path is not None)
-    result.wall.load_s = load_s
+    speaks = _PROCESS_ID.value == 0
+
+    if is_batch:
+        results = engine.generate_batch(prompts, common.MAX_NEW_TOKENS.value)
+    else:
+        on_token = None
+        if speaks and not common.JSON.value and model.tokenizer is not None:
+            stream = IncrementalDecoder(model.tokenizer)
+
+            def on_token(token_id):
+                sys.stdout.write(stream.push(token_id))
+                sys.stdout.flush()
+        results = [engine.generate(prompts[0], common.MAX_NEW_TOKENS.value, on_token=on_token,
+                                   keep_logits=dump_path is not None)]
+    wall = results[0].wall  # one run: a batch shares its wall times
+    wall.load_s = load_s
     if not speaks:
         return
     if dump_path is not None:
-        save_npy_atomically(dump_path, result.logits)
-    text = model.tokenizer.decode(result.tokens) if model.tokenizer else None
+        save_npy_atomically(dump_path, results[0].logits)
+    report(model, engine, prompts, results, is_batch)
 
+
+def report(model, engine, prompts, results, is_batch: bool) -> None:
+    decode = model.tokenizer.decode if model.tokenizer else lambda ids: None
+    outputs = [{"text": decode(r.tokens), "tokens": r.tokens, "prompt_tokens": len(p),
+                "finish_reason": r.finish_reason} for p, r in zip(prompts, results)]
+    wall = results[0].wall
     if common.JSON.value:
-        print(json.dumps({"text": text, "tokens": result.tokens, "prompt_tokens": len(ids),
-                          "finish_reason": result.finish_reason, "model": model.source,
-                          "chips": engine.placement.describe(),
-                          "wall": result.wall.as_dict()}))
+        common_fields = {"model": model.source, "chips": engine.placement.describe(),
+                         "wall": wall.as_dict()}
+        body = {"batch": outputs} if is_batch else outputs[0]
+        print(json.dumps({**body, **common_fields}))
         return
-    if model.tokenizer is None:
-        print(" ".join(map(str, result.tokens)))
-    else:
-        print()
-    if result.finish_reason == "context":
-        print(f"[stopped: the model's context of {model.config.max_position_embeddings} tokens "
-              "is full]", file=sys.stderr)
-    w = result.wall
-    print(f"[wall] load {w.load_s:.2f} s, compile {w.compile_s:.2f} s, prefill {len(ids)} tokens "
-          f"{w.prefill_s:.3f} s, decode {w.decode_tokens} tokens {w.decode_s:.2f} s "
-          f"({w.decode_tokens_per_s:.1f} tokens/s)", file=sys.stderr)
+    for index, out in enumerate(outputs):
+        shown = out["text"] if out["text"] is not None else " ".join(map(str, out["tokens"]))
+        if is_batch:
+            print(f"[{index}] {shown}")
+        elif model.tokenizer is None:
+            print(shown)
+        else:
+            print()  # the text itself was streamed
+        if out["finish_reason"] == "context":
+            print(f"[stopped: the model's context of {model.config.max_position_embeddings} "
+                  "tokens is full]", file=sys.stderr)
+    prompt_tokens = sum(len(p) for p in prompts)
+    print(f"[wall] load {wall.load_s:.2f} s, compile {wall.compile_s:.2f} s, prefill "
+          f"{prompt_tokens} tokens {wall.prefill_s:.3f} s, decode {wall.decode_tokens} tokens "
+          f"{wall.decode_s:.2f} s ({wall.decode_tokens_per_s:.1f} tokens/s)", file=sys.stderr)
 
 
 def run() -> None:
