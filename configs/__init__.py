@@ -1,0 +1,1 @@
+"""Data only: hardware/*.toml and models/*.json, installed as lpu_jax.configs."""

@@ -1,0 +1,111 @@
+"""Hardware descriptions from configs/hardware/*.toml: every figure with its unit and source.
+
+A config is read strictly: each figure the kind needs must be there, in the unit the model
+computes with, with a source; a figure it does not know is an error, so a typo cannot silently
+leave a default in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from lpu_jax.errors import UserError
+
+# The figures each kind of hardware must give, and their units.
+UNITS = {
+    "lpu": {
+        "clock": "Hz", "lanes": "lanes", "superlanes": "superlanes", "stagger": "cycles/superlane",
+        "sram": "B", "mem_slices": "slices", "mem_banks_per_slice": "banks",
+        "streams_per_direction": "streams", "mxm_planes": "planes", "mxm_tile": "elements",
+        "mxm_int8_macs": "MAC/cycle", "mxm_fp16_macs": "MAC/cycle",
+        "mxm_weight_install": "B/cycle", "mxm_latency": "cycles", "vxm_alus": "ALUs",
+        "vxm_latency": "cycles", "mem_latency": "cycles", "c2c_links": "links",
+        "c2c_link_bandwidth": "B/s", "c2c_vector": "B", "c2c_hop_latency": "cycles",
+        "c2c_framing_overhead": "fraction", "chips_per_node": "chips", "nodes_per_rack": "nodes",
+        "max_hops": "hops", "host_link_bandwidth": "B/s", "host_link_latency": "s",
+        "power_typical": "W",
+    },
+    "gpu": {"hbm": "B", "hbm_bandwidth": "B/s", "bf16_flops": "FLOP/s", "power_typical": "W"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    value: float
+    unit: str
+    source: str
+    estimate: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareSpec:
+    name: str
+    kind: str  # "lpu" or "gpu"
+    description: str
+    figures: Mapping[str, Figure]
+
+    def __getitem__(self, key: str) -> float:
+        return self.figures[key].value
+
+    def estimates(self) -> list[str]:
+        """The figures that are estimates, not published numbers."""
+        return [key for key, figure in self.figures.items() if figure.estimate]
+
+
+def available() -> list[str]:
+    """Names of the shipped hardware configs."""
+    return sorted(p.stem for p in _config_dir().glob("*.toml"))
+
+
+def load_hardware(name_or_path: str) -> HardwareSpec:
+    """A shipped config by name (e.g. "lpu-v1"), or any .toml file by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = _config_dir() / f"{name_or_path}.toml"
+        if not path.exists():
+            raise UserError(f"unknown hardware {name_or_path!r}; shipped: "
+                            f"{', '.join(available())}, or pass a .toml file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    return parse(raw, path.stem, str(path))
+
+
+def parse(raw: dict, name: str, source: str) -> HardwareSpec:
+    kind = raw.pop("kind", None)
+    if kind not in UNITS:
+        raise UserError(f"{source}: 'kind' must be one of {', '.join(UNITS)}, got {kind!r}")
+    description = str(raw.pop("description", name))
+    units = UNITS[kind]
+    unknown = sorted(set(raw) - set(units))
+    if unknown:
+        raise UserError(f"{source}: unknown figure {unknown[0]!r} for {kind} hardware")
+    missing = sorted(set(units) - set(raw))
+    if missing:
+        raise UserError(f"{source}: lacks {missing[0]!r} ({units[missing[0]]})")
+    figures = {}
+    for key, entry in raw.items():
+        if not isinstance(entry, dict) or set(entry) - {"value", "unit", "source", "estimate"}:
+            raise UserError(f"{source}: [{key}] takes value, unit, source and estimate only")
+        value, unit, cited = entry.get("value"), entry.get("unit"), entry.get("source")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UserError(f"{source}: [{key}] value must be a number >= 0, got {value!r}")
+        if unit != units[key]:
+            raise UserError(f"{source}: [{key}] must be in {units[key]!r}, got {unit!r}")
+        if not isinstance(cited, str) or not cited.strip():
+            raise UserError(f"{source}: [{key}] has no source")
+        figures[key] = Figure(float(value), unit, cited, bool(entry.get("estimate", False)))
+    return HardwareSpec(name, kind, description, MappingProxyType(figures))
+
+
+def _config_dir() -> Path:
+    """configs/hardware, installed with the package as lpu_jax.configs."""
+    return Path(str(resources.files("lpu_jax.configs"))) / "hardware"

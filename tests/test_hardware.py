@@ -1,0 +1,55 @@
+"""Hardware configs: shipped figures agree with each other, and bad configs are refused."""
+
+import re
+
+import pytest
+
+from lpu_jax.errors import UserError
+from lpu_jax.lpu.hardware import available, load_hardware, parse
+
+
+def test_shipped_configs_load_with_a_source_for_every_figure():
+    assert available() == ["h100", "h200", "lpu-v1"]
+    for name in available():
+        spec = load_hardware(name)
+        assert all(figure.source.strip() for figure in spec.figures.values())
+
+
+def test_lpu_v1_figures_agree_with_each_other():
+    lpu = load_hardware("lpu-v1")
+    assert lpu["lanes"] == lpu["superlanes"] * 16
+    assert lpu["mxm_int8_macs"] == lpu["mxm_planes"] * lpu["mxm_tile"] ** 2
+    assert lpu["mxm_fp16_macs"] == lpu["mxm_int8_macs"] / 4
+    assert lpu["sram"] == lpu["mem_slices"] * 2.5 * 2**20
+    # 409,600 weights installed in under 40 cycles
+    assert lpu["mxm_weight_install"] * 40 >= lpu["mxm_int8_macs"]
+    assert sorted(lpu.estimates()) == ["c2c_hop_latency", "mem_latency", "mxm_latency",
+                                       "vxm_latency"]
+
+
+def good_gpu():
+    return {"kind": "gpu", "hbm": {"value": 1e9, "unit": "B", "source": "s"},
+            "hbm_bandwidth": {"value": 1e12, "unit": "B/s", "source": "s"},
+            "bf16_flops": {"value": 1e15, "unit": "FLOP/s", "source": "s"},
+            "power_typical": {"value": 700, "unit": "W", "source": "s"}}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(kind="tpu"), "'kind' must be one of lpu, gpu"),
+    (lambda c: c.update(hbm_speed={"value": 1, "unit": "B/s", "source": "s"}),
+     "unknown figure 'hbm_speed'"),
+    (lambda c: c.pop("bf16_flops"), "lacks 'bf16_flops' (FLOP/s)"),
+    (lambda c: c["hbm_bandwidth"].update(unit="GB/s"), "must be in 'B/s', got 'GB/s'"),
+    (lambda c: c["hbm"].update(source=""), "[hbm] has no source"),
+    (lambda c: c["hbm"].update(value="lots"), "value must be a number"),
+])
+def test_bad_configs_are_refused(change, message):
+    config = good_gpu()
+    change(config)
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse(config, "x", "x.toml")
+
+
+def test_unknown_hardware_name_lists_the_shipped_ones():
+    with pytest.raises(UserError, match="unknown hardware 'tpu-v9'; shipped: h100, h200, lpu-v1"):
+        load_hardware("tpu-v9")
