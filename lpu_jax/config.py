@@ -7,11 +7,11 @@ names it. A config that silently runs as something else would give a wrong answe
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from lpu_jax.errors import UserError
+from lpu_jax.textfiles import read_json
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
@@ -131,13 +131,7 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ModelConfig":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(Path(path))
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a JSON object")
         return cls.from_hf_dict(raw)

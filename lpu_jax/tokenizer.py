@@ -8,7 +8,6 @@ the same byte-level BPE that transformers builds from it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 from lpu_jax.errors import UserError
+from lpu_jax.textfiles import read_json
 
 # llama.cpp token types (tokenizer.ggml.token_type)
 _CONTROL, _USER_DEFINED = 3, 4
@@ -130,12 +130,8 @@ class Tokenizer:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    """An optional JSON file: {} when it is absent."""
+    return read_json(path) if path.exists() else {}
 
 
 def _token_text(token) -> str | None:

@@ -8,13 +8,13 @@ leave a default in place.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
 from lpu_jax.errors import UserError
+from lpu_jax.textfiles import read_toml
 
 # The figures each kind of hardware must give, and their units.
 UNITS = {
@@ -70,13 +70,7 @@ def load_hardware(name_or_path: str) -> HardwareSpec:
         if not path.exists():
             raise UserError(f"unknown hardware {name_or_path!r}; shipped: "
                             f"{', '.join(available())}, or pass a .toml file")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
-    return parse(raw, path.stem, str(path))
+    return parse(read_toml(path), path.stem, str(path))
 
 
 def parse(raw: dict, name: str, source: str) -> HardwareSpec:
