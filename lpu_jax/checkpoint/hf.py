@@ -10,6 +10,7 @@ from lpu_jax.checkpoint.safetensors_file import SafetensorsFile
 from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import Params
+from lpu_jax.textfiles import read_json
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -53,8 +54,8 @@ def read_generation_eos(directory: Path) -> tuple[int, ...]:
     path = directory / "generation_config.json"
     if not path.exists():
         return ()
-    try:
-        eos = json.loads(path.read_text()).get("eos_token_id")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{path}: not valid JSON") from None
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    eos = raw.get("eos_token_id")
     return tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))

@@ -11,7 +11,7 @@ from lpu_jax.model import LayerParams, Params
 
 
 def padded_vocab(vocab: int, chips: int) -> int:
-    """The vocabulary rounded up so each chip holds an equal slice (padding rows are zeros)."""
+    """The vocabulary rounded up so each chip holds an equal slice (padding columns are zeros)."""
     return -(-vocab // chips) * chips
 
 

@@ -70,13 +70,17 @@ class _Sequence:
     """One prompt's progress: its new tokens, its budget and why it ended."""
 
     def __init__(self, prompt_len: int, budget: int, max_new_tokens: int, stops: set[int]):
-        self.prompt_len, self.budget, self.max_new, self.stops = prompt_len, budget, max_new_tokens, stops
+        self.prompt_len = prompt_len
+        self.budget = budget  # tokens it may still get: max_new_tokens, or less near the context
+        self.max_new = max_new_tokens
+        self.stops = stops
         self.tokens: list[int] = []
         self.logits: list[np.ndarray] = []
 
     @property
     def done(self) -> bool:
-        return bool(self.tokens) and (self.tokens[-1] in self.stops or len(self.tokens) >= self.budget)
+        return bool(self.tokens) and (self.tokens[-1] in self.stops
+                                      or len(self.tokens) >= self.budget)
 
     def finish_reason(self) -> str:
         if self.tokens[-1] in self.stops:
@@ -119,10 +123,13 @@ class Engine:
             config, batch, length, kv_heads=config.num_kv_heads // layout.tp,
             layers=layout.layer_slots(config.num_layers)))
 
-    def _empty_ring(self, batch: int, length: int) -> program.RingState:
+    def _empty_held(self, batch: int) -> jax.Array:
+        """Every stage's in-flight activations of the token ring, zero before the ring starts."""
         micro = batch // self.layout.pp
-        held = jnp.zeros((micro, 1, self.model.config.hidden_size), jnp.float32)
-        return program.RingState(self._empty_cache(batch, length), self._on_chips(held))
+        return self._on_chips(jnp.zeros((micro, 1, self.model.config.hidden_size), jnp.float32))
+
+    def _empty_ring(self, batch: int, length: int) -> program.RingState:
+        return program.RingState(self._empty_cache(batch, length), self._empty_held(batch))
 
     def _executable(self, kind: str, batch: int, cache_len: int,
                     prompt_len: int = 0) -> tuple[jax.stages.Compiled, float]:
@@ -247,14 +254,14 @@ class Engine:
         ring, seconds = self._executable("ring", len(prompts), cache_len)
         wall.compile_s += seconds
         micro = len(prompts) // pp
-        state = program.RingState(cache, self._empty_ring(len(prompts), cache_len).held_M1D)
+        state = program.RingState(cache, self._empty_held(len(prompts)))
         positions = np.array([s.prompt_len for s in sequences], np.int32)
 
         start, tick = time.perf_counter(), 0
         while not all(s.done for s in sequences):
             entering = slice((tick % pp) * micro, (tick % pp + 1) * micro)
-            tokens, logits, state = ring(self.params, state, newest[entering].copy(), np.int32(tick),
-                                         positions.copy(), self._seed)
+            tokens, logits, state = ring(self.params, state, newest[entering].copy(),
+                                         np.int32(tick), positions.copy(), self._seed)
             if tick >= pp - 1:  # the micro-batch leaving the last stage has its next tokens
                 leaving = slice(((tick + 1) % pp) * micro, ((tick + 1) % pp + 1) * micro)
                 tokens = np.asarray(tokens)
