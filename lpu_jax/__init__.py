@@ -4,7 +4,8 @@ The public API, curated. Names are imported on first use, so `import lpu_jax` (a
 line tools' error paths) stay fast and JAX options can still be set before JAX starts.
 
     model = lpu_jax.load_model()                      # the embedded SmolLM2-135M-Instruct
-    engine = lpu_jax.Engine(model, layout=lpu_jax.Layout(tp=3, pp=2))
+    engine = lpu_jax.Engine(model, layout=lpu_jax.Layout(tp=3, pp=2),
+                            precision="truepoint-int8")  # or a Recipe, or a .toml file
     ids = model.tokenizer.apply_chat_template([{"role": "user", "content": "Hi!"}])
     print(model.tokenizer.decode(engine.generate(ids, 32).tokens))
 """
@@ -20,6 +21,8 @@ _PUBLIC = {
     "SamplingConfig": "lpu_jax.engine.sampling",
     "Layout": "lpu_jax.chips.layout",
     "load_hardware": "lpu_jax.lpu.hardware",
+    "load_recipe": "lpu_jax.numerics.recipe",
+    "Recipe": "lpu_jax.numerics.recipe",
     "UserError": "lpu_jax.errors",
 }
 __all__ = sorted(_PUBLIC)

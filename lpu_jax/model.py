@@ -14,6 +14,10 @@ group (Megatron-style): attention heads and MLP columns are split, so the attent
 down projections give partial sums, reduced with psum. `vocab_axes` name the axes that split the
 vocabulary: the embedding lookup is reduced with psum and the logits gathered with all_gather.
 Without them the same code is the whole model on one chip.
+
+Numerics come from a precision recipe (lpu_jax/numerics): weights may be stored in a low-bit
+format (a QuantizedArray), each class of matmul has its accumulation policy, and the KV cache's
+format is the dtype of its buffers. The default recipe is f32 throughout.
 """
 
 from __future__ import annotations
@@ -26,21 +30,25 @@ import numpy as np
 from flax import struct
 
 from lpu_jax.config import ModelConfig
+from lpu_jax.numerics.formats import Stored, saturating_cast, take_columns
+from lpu_jax.numerics.matmul import MatmulPolicy, matmul
+from lpu_jax.numerics.recipe import Recipe
 
 Array = jax.Array
+REFERENCE = Recipe()
 
 
 @struct.dataclass
 class LayerParams:
     attn_norm_D: Array
-    wq_DN: Array  # columns: N*H, query heads stacked head-major
-    wk_DK: Array  # columns: K*H
-    wv_DK: Array
-    wo_ND: Array  # rows: N*H
+    wq_DN: Stored  # columns: N*H, query heads stacked head-major
+    wk_DK: Stored  # columns: K*H
+    wv_DK: Stored
+    wo_ND: Stored  # rows: N*H
     mlp_norm_D: Array
-    w_gate_DF: Array
-    w_up_DF: Array
-    w_down_FD: Array
+    w_gate_DF: Stored
+    w_up_DF: Stored
+    w_down_FD: Stored
     # Present only when the config asks for biases (attention_bias / mlp_bias); None otherwise.
     bq_N: Array | None = None
     bk_K: Array | None = None
@@ -53,10 +61,10 @@ class LayerParams:
 
 @struct.dataclass
 class Params:
-    embed_DV: Array  # a column per token: the lookup takes columns, the tied LM head multiplies
+    embed_DV: Stored  # a column per token: the lookup takes columns, the tied LM head multiplies
     layers: tuple[LayerParams, ...]
     final_norm_D: Array
-    lm_head_DV: Array | None  # None when the embedding is tied
+    lm_head_DV: Stored | None  # None when the embedding is tied
 
 
 @struct.dataclass
@@ -115,15 +123,12 @@ def apply_rope(x_BTNH: Array, positions_BT: Array, inv_freq_P: Array) -> Array:
     return (x_BTNH * cos + rotated * sin).astype(x_BTNH.dtype)
 
 
-def _linear(x: Array, w_IO: Array, b_O: Array | None) -> Array:
-    y = jnp.einsum("bti,io->bto", x, w_IO, preferred_element_type=jnp.float32)
+def _linear(x: Array, w_IO: Stored, b_O: Array | None, policy: MatmulPolicy,
+            sum_axis: str | None = None, link: str = "f32") -> Array:
+    """x @ w + b. With sum_axis (a row-parallel projection) the chips' partial sums are reduced
+    first and the bias is added once, after the sum."""
+    y = matmul(x, w_IO, policy, sum_axis, link)
     return y if b_O is None else y + b_O
-
-
-def _sum_over_chips(partial: Array, bias: Array | None, tp_axis: str | None) -> Array:
-    """Reduce a row-parallel projection's partial sums; its bias is added once, after the sum."""
-    total = partial if tp_axis is None else jax.lax.psum(partial, tp_axis)
-    return total if bias is None else total + bias
 
 
 def cache_rows(cache_BSKH: Array, start: Array, T: int) -> Array:
@@ -135,7 +140,7 @@ def cache_rows(cache_BSKH: Array, start: Array, T: int) -> Array:
 
 def write_cache_rows(cache_BSKH: Array, rows_BTKH: Array, start: Array) -> Array:
     """The cache with entries start .. start+T-1 replaced (one start, or one per batch row)."""
-    rows_BTKH = rows_BTKH.astype(cache_BSKH.dtype)
+    rows_BTKH = saturating_cast(rows_BTKH, cache_BSKH.dtype)
     if jnp.ndim(start) == 0:
         return jax.lax.dynamic_update_slice_in_dim(cache_BSKH, rows_BTKH, start, axis=1)
     return jax.vmap(lambda c, r, s: jax.lax.dynamic_update_slice_in_dim(c, r, s, axis=0))(
@@ -144,16 +149,18 @@ def write_cache_rows(cache_BSKH: Array, rows_BTKH: Array, start: Array) -> Array
 
 def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSKH: Array,
               v_cache_BSKH: Array, start: Array, inv_freq_P: Array, head_dim: int,
-              tp_axis: str | None = None, write: bool | Array = True):
+              tp_axis: str | None = None, write: bool | Array = True,
+              precision: Recipe = REFERENCE):
     """Causal self-attention over the static cache; writes the new keys and values at `start`.
 
     Runs on this chip's heads; the output projection is summed over the tensor-parallel chips.
     With `write` false the cache keeps its old entries (a pipeline stage working on a bubble).
     """
     B, T, _ = x_BTD.shape
-    q = _linear(x_BTD, layer.wq_DN, layer.bq_N).reshape(B, T, -1, head_dim)
-    k = _linear(x_BTD, layer.wk_DK, layer.bk_K).reshape(B, T, -1, head_dim)
-    v = _linear(x_BTD, layer.wv_DK, layer.bv_K).reshape(B, T, -1, head_dim)
+    policy = precision.attention
+    q = _linear(x_BTD, layer.wq_DN, layer.bq_N, policy).reshape(B, T, -1, head_dim)
+    k = _linear(x_BTD, layer.wk_DK, layer.bk_K, policy).reshape(B, T, -1, head_dim)
+    v = _linear(x_BTD, layer.wv_DK, layer.bv_K, policy).reshape(B, T, -1, head_dim)
     q, k = apply_rope(q, positions_BT, inv_freq_P), apply_rope(k, positions_BT, inv_freq_P)
 
     if write is not True:
@@ -164,24 +171,28 @@ def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSK
 
     K = k.shape[2]
     q_BTKGH = q.reshape(B, T, K, -1, head_dim)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_cache_BSKH,
+    scores = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_cache_BSKH.astype(jnp.float32),
                         preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    # The recipe's attention_logits format holds the scores and the softmax over them.
+    scores = scores.astype(precision.attention_logits_dtype)
     key_positions_S = jnp.arange(k_cache_BSKH.shape[1])
     visible_BTS = key_positions_S[None, None, :] <= positions_BT[:, :, None]
     scores = jnp.where(visible_BTS[:, None, None, :, :], scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1)
-    out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache_BSKH.astype(jnp.float32),
-                           preferred_element_type=jnp.float32)
+    out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs.astype(jnp.float32),
+                           v_cache_BSKH.astype(jnp.float32), preferred_element_type=jnp.float32)
     out_BTN = out_BTKGH.reshape(B, T, -1).astype(x_BTD.dtype)
-    out = _sum_over_chips(_linear(out_BTN, layer.wo_ND, None), layer.bo_D, tp_axis)
+    out = _linear(out_BTN, layer.wo_ND, layer.bo_D, policy, tp_axis, precision.links)
     return out, k_cache_BSKH, v_cache_BSKH
 
 
-def mlp(layer: LayerParams, x_BTD: Array, tp_axis: str | None = None) -> Array:
-    gate = _linear(x_BTD, layer.w_gate_DF, layer.b_gate_F)
-    up = _linear(x_BTD, layer.w_up_DF, layer.b_up_F)
-    return _sum_over_chips(_linear(jax.nn.silu(gate) * up, layer.w_down_FD, None),
-                           layer.b_down_D, tp_axis)
+def mlp(layer: LayerParams, x_BTD: Array, tp_axis: str | None = None,
+        precision: Recipe = REFERENCE) -> Array:
+    policy = precision.mlp
+    gate = _linear(x_BTD, layer.w_gate_DF, layer.b_gate_F, policy)
+    up = _linear(x_BTD, layer.w_up_DF, layer.b_up_F, policy)
+    return _linear(jax.nn.silu(gate) * up, layer.w_down_FD, layer.b_down_D, policy, tp_axis,
+                   precision.links)
 
 
 def _chip_index(axes: tuple[tuple[str, int], ...]) -> Array:
@@ -192,10 +203,10 @@ def _chip_index(axes: tuple[tuple[str, int], ...]) -> Array:
     return index
 
 
-def embed(embed_DV: Array, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
+def embed(embed_DV: Stored, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
     """Embedding vectors. vocab_axes ((name, size), ...) split the vocabulary: each chip holds one
     slice, looks up the tokens that fall in it, and the psum brings every vector to every chip."""
-    lookup = lambda ids: jnp.moveaxis(jnp.take(embed_DV, ids, axis=1), 0, -1)  # noqa: E731
+    lookup = lambda ids: jnp.moveaxis(take_columns(embed_DV, ids), 0, -1)  # noqa: E731
     if not vocab_axes:
         return lookup(tokens_BT)
     tokens_here = embed_DV.shape[1]
@@ -206,8 +217,8 @@ def embed(embed_DV: Array, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], 
 
 
 def run_layers(layers: tuple[LayerParams, ...], cfg: ModelConfig, x_BTD: Array, start: Array,
-               cache: KVCache, tp_axis: str | None = None,
-               write: bool | Array = True) -> tuple[Array, KVCache]:
+               cache: KVCache, tp_axis: str | None = None, write: bool | Array = True,
+               precision: Recipe = REFERENCE) -> tuple[Array, KVCache]:
     """The decoder layers one chip holds, on tokens at positions start .. start+T-1.
 
     `start` is one position or one per batch row [B]. `write` False keeps the cache unchanged (a
@@ -222,34 +233,38 @@ def run_layers(layers: tuple[LayerParams, ...], cfg: ModelConfig, x_BTD: Array, 
     for layer, k_cache, v_cache in zip(layers, cache.k, cache.v):
         h, k_next, v_next = attention(layer, rms_norm(x_BTD, layer.attn_norm_D, cfg.rms_norm_eps),
                                       positions_BT, k_cache, v_cache, start, inv_freq_P,
-                                      cfg.head_dim, tp_axis, write)
+                                      cfg.head_dim, tp_axis, write, precision)
         x_BTD = x_BTD + h
-        x_BTD = x_BTD + mlp(layer, rms_norm(x_BTD, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis)
+        x_BTD = x_BTD + mlp(layer, rms_norm(x_BTD, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis,
+                            precision)
         new_k.append(k_next)
         new_v.append(v_next)
     return x_BTD, KVCache(k=tuple(new_k), v=tuple(new_v))
 
 
 def forward_hidden(params: Params, cfg: ModelConfig, tokens_BT: Array, start: Array,
-                   cache: KVCache) -> tuple[Array, KVCache]:
+                   cache: KVCache, precision: Recipe = REFERENCE) -> tuple[Array, KVCache]:
     """The whole model on one chip: embedding, every layer, final norm."""
-    x, cache = run_layers(params.layers, cfg, embed(params.embed_DV, tokens_BT), start, cache)
+    x, cache = run_layers(params.layers, cfg, embed(params.embed_DV, tokens_BT), start, cache,
+                          precision=precision)
     return rms_norm(x, params.final_norm_D, cfg.rms_norm_eps), cache
 
 
 def logits_from_hidden(params: Params, x_BTD: Array,
-                       vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
+                       vocab_axes: tuple[tuple[str, int], ...] = (),
+                       precision: Recipe = REFERENCE) -> Array:
     """Logits over the whole vocabulary, gathered from every chip's slice when it is split."""
     head_DV = params.embed_DV if params.lm_head_DV is None else params.lm_head_DV
-    logits = jnp.einsum("btd,dv->btv", x_BTD, head_DV, preferred_element_type=jnp.float32)
+    logits = matmul(x_BTD, head_DV, precision.lm_head)
     for name, _ in reversed(vocab_axes):  # minor axis first, so slices land in chip order
         logits = jax.lax.all_gather(logits, name, axis=2, tiled=True)
     return logits
 
 
-def forward_logits(params: Params, cfg: ModelConfig, tokens_BT: Array) -> Array:
+def forward_logits(params: Params, cfg: ModelConfig, tokens_BT: Array,
+                   precision: Recipe = REFERENCE) -> Array:
     """Logits at every position of a whole sequence, starting from an empty cache (for checks)."""
     B, T = tokens_BT.shape
-    cache = KVCache.zeros(cfg, B, T, params.embed_DV.dtype)
-    x, _ = forward_hidden(params, cfg, tokens_BT, jnp.int32(0), cache)
-    return logits_from_hidden(params, x)
+    cache = KVCache.zeros(cfg, B, T, precision.kv_cache_dtype)
+    x, _ = forward_hidden(params, cfg, tokens_BT, jnp.int32(0), cache, precision)
+    return logits_from_hidden(params, x, precision=precision)

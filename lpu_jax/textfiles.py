@@ -1,9 +1,11 @@
-"""Reading a JSON or TOML file a user points at, with one clear error when it is missing or bad."""
+"""Reading a JSON or TOML file a user points at, with one clear error when it is missing or bad;
+and finding the configs shipped with the package (configs/, installed as lpu_jax.configs)."""
 
 from __future__ import annotations
 
 import json
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +27,24 @@ def _read(path: Path, loads, decode_error: type[Exception], kind: str) -> Any:
         raise UserError(f"{path}: no such file") from None
     except (decode_error, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid {kind} ({e})") from None
+
+
+def shipped(folder: str) -> list[str]:
+    """Names of the shipped configs in configs/<folder>."""
+    return sorted(p.stem for p in _configs(folder).glob("*.toml"))
+
+
+def shipped_or_path(folder: str, name_or_path: str, what: str) -> Path:
+    """A shipped configs/<folder>/<name>.toml by name, or any .toml file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        return path
+    path = _configs(folder) / f"{name_or_path}.toml"
+    if not path.exists():
+        raise UserError(f"unknown {what} {name_or_path!r}; shipped: "
+                        f"{', '.join(shipped(folder))}, or pass a .toml file")
+    return path
+
+
+def _configs(folder: str) -> Path:
+    return Path(str(resources.files("lpu_jax.configs"))) / folder

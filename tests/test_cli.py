@@ -30,7 +30,8 @@ def test_json_output_and_dumped_logits(tiny_checkpoints, tmp_path):
                       "--json", "--dump_logits", str(tmp_path / "logits.npy"))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert set(out) >= {"text", "tokens", "wall"}
+    assert set(out) >= {"text", "tokens", "wall", "precision"}
+    assert out["precision"]["recipe"] == "f32" and out["precision"]["ratio_to_f32"] == 1.0
     assert len(out["tokens"]) == out["wall"]["decode_tokens"] + 1
     assert set(out["wall"]) >= {"load_s", "compile_s", "prefill_s", "decode_s",
                                 "decode_tokens_per_s"}
@@ -119,6 +120,9 @@ def test_damaged_checkpoints_are_named(broken, damage, message):
     (["--prompt", "hi", "--tp", "3", "--fold=false"], "3 chips need 3 devices"),
     (["--prompts_file", "/no/such/prompts.txt"], "--prompts_file: /no/such/prompts.txt: no such"),
     (["--prompt", "hi", "--num_processes", "2"], "several processes need --coordinator"),
+    (["--prompt", "hi", "--precision", "int3"], "unknown precision recipe 'int3'; shipped: bf16"),
+    (["--prompt", "hi", "--precision", "/no/such/recipe.toml"], "recipe.toml: no such file"),
+    (["--prompt", "hi", "--execution", "fast"], "execution"),
     (["--prompt", "hi", "--num_processes", "2", "--process_id", "2", "--coordinator", "h:1"],
      "--process_id must be in [0, 2)"),
 ])

@@ -10,7 +10,8 @@ def test_every_public_name_resolves():
 
 def test_the_documented_example_runs():
     model = lpu_jax.load_model()
-    engine = lpu_jax.Engine(model, layout=lpu_jax.Layout(tp=3, pp=2))
+    engine = lpu_jax.Engine(model, layout=lpu_jax.Layout(tp=3, pp=2),
+                            precision="truepoint-int8")
     question = "What is the capital of France?"
     ids = model.tokenizer.apply_chat_template([{"role": "user", "content": question}])
     assert "Paris" in model.tokenizer.decode(engine.generate(ids, 12).tokens)

@@ -106,3 +106,14 @@ def test_shipped_model_config_matches_the_gguf_metadata(smollm2):
     # The GGUF stores eps as float32, so compare it loosely and everything else exactly.
     assert abs(shipped.rms_norm_eps - smollm2.config.rms_norm_eps) < 1e-9
     assert shipped == dataclasses.replace(smollm2.config, rms_norm_eps=shipped.rms_norm_eps)
+
+
+@pytest.mark.parametrize("recipe, most", [("truepoint-int8", 0.27), ("int4-g32", 0.14)])
+def test_low_bit_weight_bytes(smollm2, recipe, most):
+    """Bytes the stored SmolLM2 weights hold, against f32 for the same values."""
+    from lpu_jax.numerics.formats import nbytes, num_values
+    from lpu_jax.numerics.recipe import load_recipe
+    from lpu_jax.numerics.store import store_params
+
+    stored = store_params(smollm2.params, load_recipe(recipe))
+    assert nbytes(stored) <= most * 4 * num_values(stored)

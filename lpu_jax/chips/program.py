@@ -20,7 +20,10 @@ from flax import struct
 from lpu_jax.chips.layout import PP_AXIS, Layout
 from lpu_jax.config import ModelConfig
 from lpu_jax.engine.sampling import SamplingConfig, sample
-from lpu_jax.model import KVCache, Params, embed, logits_from_hidden, rms_norm, run_layers
+from lpu_jax.model import (REFERENCE, KVCache, Params, embed, logits_from_hidden, rms_norm,
+                           run_layers)
+from lpu_jax.numerics.matmul import round_activations
+from lpu_jax.numerics.recipe import Recipe
 
 
 @struct.dataclass
@@ -38,60 +41,70 @@ def _ring(layout: Layout) -> list[tuple[int, int]]:
     return [(s, (s + 1) % layout.pp) for s in range(layout.pp)]
 
 
-def _from_last_stage(layout: Layout, stage, y):
-    """The last stage's activations, handed to every stage."""
-    return jax.lax.psum(jnp.where(stage == layout.pp - 1, y, 0.0), PP_AXIS)
+def _to_next_stage(layout: Layout, y, precision: Recipe):
+    """Each stage's activations, sent to the next in the recipe's link format."""
+    return jax.lax.ppermute(round_activations(y, precision.links), PP_AXIS, _ring(layout))
+
+
+def _from_last_stage(layout: Layout, stage, y, precision: Recipe):
+    """The last stage's activations, handed to every stage (in the link format)."""
+    sent = jnp.where(stage == layout.pp - 1, round_activations(y, precision.links), 0.0)
+    return jax.lax.psum(sent, PP_AXIS)
 
 
 def conveyor(params: Params, config: ModelConfig, layout: Layout, tokens_BT: jax.Array,
-             start: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+             start: jax.Array, cache: KVCache,
+             precision: Recipe = REFERENCE) -> tuple[jax.Array, KVCache]:
     """Tokens through every stage; returns the final-norm hidden states on every chip."""
     x = embed(params.embed_DV, tokens_BT, layout.vocab_axes)
     if layout.pp == 1:
-        x, cache = run_layers(params.layers, config, x, start, cache, layout.tp_axis)
+        x, cache = run_layers(params.layers, config, x, start, cache, layout.tp_axis,
+                              precision=precision)
     else:
         stage = jax.lax.axis_index(PP_AXIS)
 
         def tick(t, carry):
             x, _, cache = carry
             y, cache = run_layers(params.layers, config, x, start, cache, layout.tp_axis,
-                                  write=stage == t)
-            return jax.lax.ppermute(y, PP_AXIS, _ring(layout)), y, cache
+                                  write=stage == t, precision=precision)
+            return _to_next_stage(layout, y, precision), y, cache
 
         # A loop, not unrolled: the program stays one stage long whatever pp is.
         _, y, cache = jax.lax.fori_loop(0, layout.pp, tick, (x, jnp.zeros_like(x), cache))
-        x = _from_last_stage(layout, stage, y)
+        x = _from_last_stage(layout, stage, y, precision)
     return rms_norm(x, params.final_norm_D, config.rms_norm_eps), cache
 
 
-def _next_token(params, config, layout, sampling, x_B1D, seed, step):
+def _next_token(params, config, layout, sampling, precision, x_B1D, seed, step):
     """Logits and the sampled token; the key comes from the seed and the step, so every chip and
     every process draws the same token with no key to ship around."""
-    logits_BV = logits_from_hidden(params, x_B1D, layout.vocab_axes)[:, 0, :config.vocab_size]
+    logits_BV = logits_from_hidden(params, x_B1D, layout.vocab_axes,
+                                   precision)[:, 0, :config.vocab_size]
     key = jax.random.fold_in(jax.random.key(seed), step)
     return sample(logits_BV, key, sampling), logits_BV
 
 
 def prefill(params: Params, cache: KVCache, tokens_BT, lengths_B, seed, *, config: ModelConfig,
-            layout: Layout, sampling: SamplingConfig):
+            layout: Layout, sampling: SamplingConfig, precision: Recipe = REFERENCE):
     """Padded prompts from position 0; for each, the token after its last real entry."""
-    x, cache = conveyor(params, config, layout, tokens_BT, jnp.int32(0), cache)
+    x, cache = conveyor(params, config, layout, tokens_BT, jnp.int32(0), cache, precision)
     last_B1D = jnp.take_along_axis(x, (lengths_B - 1)[:, None, None], axis=1)
-    token, logits = _next_token(params, config, layout, sampling, last_B1D, seed,
+    token, logits = _next_token(params, config, layout, sampling, precision, last_B1D, seed,
                                 jnp.max(lengths_B) - 1)
     return token, logits, cache
 
 
 def decode(params: Params, cache: KVCache, token_B, position, seed, *, config: ModelConfig,
-           layout: Layout, sampling: SamplingConfig):
+           layout: Layout, sampling: SamplingConfig, precision: Recipe = REFERENCE):
     """One token at `position`; the token after it."""
-    x, cache = conveyor(params, config, layout, token_B[:, None], position, cache)
-    token, logits = _next_token(params, config, layout, sampling, x, seed, position)
+    x, cache = conveyor(params, config, layout, token_B[:, None], position, cache, precision)
+    token, logits = _next_token(params, config, layout, sampling, precision, x, seed, position)
     return token, logits, cache
 
 
 def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, seed, *,
-              config: ModelConfig, layout: Layout, sampling: SamplingConfig):
+              config: ModelConfig, layout: Layout, sampling: SamplingConfig,
+              precision: Recipe = REFERENCE):
     """One tick of the token ring over a batch of B = pp * M sequences.
 
     At tick t stage s works on micro-batch (t - s) mod pp (once t >= s: before that it holds a
@@ -110,13 +123,14 @@ def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, see
     first_row = ((tick - stage) % layout.pp) * M
     rows = lambda a: jax.lax.dynamic_slice_in_dim(a, first_row, M, axis=0)  # noqa: E731
     y, micro_cache = run_layers(params.layers, config, x, rows(positions_B),
-                                jax.tree.map(rows, state.cache), layout.tp_axis, write=working)
+                                jax.tree.map(rows, state.cache), layout.tp_axis, write=working,
+                                precision=precision)
     cache = jax.tree.map(lambda c, m: jax.lax.dynamic_update_slice_in_dim(c, m, first_row, axis=0),
                          state.cache, micro_cache)
     held = state.held_M1D
     if layout.pp > 1:
-        held = jax.lax.ppermute(y, PP_AXIS, _ring(layout))
-        y = _from_last_stage(layout, stage, y)
-    token, logits = _next_token(params, config, layout, sampling,
+        held = _to_next_stage(layout, y, precision)
+        y = _from_last_stage(layout, stage, y, precision)
+    token, logits = _next_token(params, config, layout, sampling, precision,
                                 rms_norm(y, params.final_norm_D, config.rms_norm_eps), seed, tick)
     return token, logits, RingState(cache, held)

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 
 from lpu_jax.chips.layout import Layout
 from lpu_jax.config import ModelConfig
+from lpu_jax.errors import UserError
 from lpu_jax.model import LayerParams, Params
+from lpu_jax.numerics.formats import QuantizedArray
 
 
 def padded_vocab(vocab: int, chips: int) -> int:
@@ -16,12 +18,28 @@ def padded_vocab(vocab: int, chips: int) -> int:
 
 
 def _rows(w, tp):
-    """Split the first axis into tp equal slices: [tp, rows / tp, ...]."""
-    return None if w is None else w.reshape(tp, w.shape[0] // tp, *w.shape[1:])
+    """Split the first axis into tp equal slices: [tp, rows / tp, ...].
+
+    A stored weight splits its values and its group or block scales with the rows; a scale per
+    output channel ([1, O]) belongs to every slice.
+    """
+    if w is None:
+        return None
+    if isinstance(w, QuantizedArray):
+        unit = w.format.rows_per_unit
+        if (w.shape[0] // tp) % unit:
+            raise UserError(f"the {w.format.describe()} format keeps {unit} rows together, "
+                            f"which does not divide this model's {w.shape[0]} // {tp} = "
+                            f"{w.shape[0] // tp} rows per chip at tp={tp}: choose another tp "
+                            f"or recipe")
+        return jax.tree.map(lambda a: _copies(a, tp) if a.shape[0] == 1 else _rows(a, tp), w)
+    return w.reshape(tp, w.shape[0] // tp, *w.shape[1:])
 
 
 def _columns(w, tp):
     """Split the last axis into tp equal slices: [tp, ..., cols / tp]."""
+    if isinstance(w, QuantizedArray):
+        return jax.tree.map(lambda a: _columns(a, tp), w)
     return jnp.moveaxis(w.reshape(*w.shape[:-1], tp, w.shape[-1] // tp), -2, 0)
 
 
@@ -76,8 +94,8 @@ def split_params(params: Params, config: ModelConfig, layout: Layout) -> Params:
         if w is None:
             return None
         pad = padded_vocab(config.vocab_size, pp * tp) - w.shape[1]
-        w = _columns(jnp.pad(w, ((0, 0), (0, pad))), pp * tp)
-        return w.reshape(pp, tp, *w.shape[1:])
+        w = _columns(jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, pad))), w), pp * tp)
+        return jax.tree.map(lambda a: a.reshape(pp, tp, *a.shape[1:]), w)
 
     return Params(
         embed_DV=vocab_columns(params.embed_DV),

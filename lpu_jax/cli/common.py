@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from absl import app, flags, logging
 
@@ -36,6 +37,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if len(rest) > 1:
         fail(f"unexpected argument {rest[1]!r} (every option is a --flag)")
     return rest
+
+
+def check_output_path(path: str, flag: str) -> Path:
+    """An output file's path, refused before any work when its directory does not exist."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise UserError(f"{flag}: directory {out.parent} does not exist")
+    return out
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write beside the target, then rename: a failure never leaves a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def enable_compilation_cache() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +36,14 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index; only 
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A batch: a text file with one prompt "
                                     "per line, decoded together with the pipeline full (ring "
                                     "mode); the count must be a multiple of --pp.")
+_PRECISION = flags.DEFINE_string("precision", "f32", "Precision recipe: a name from "
+                                 "configs/precision (f32, bf16, truepoint-int8, int4-g32, ...) "
+                                 "or a .toml file.")
+_EXECUTION = flags.DEFINE_enum("execution", "auto", ["auto", "widen", "pallas", "f32-copy"],
+                               "How steps read low-bit weights: widened inside each matmul by "
+                               "XLA, by the Pallas kernel (int8/int4; interpreted, slowly, on "
+                               "CPU), or from an f32 copy of the same values (auto: the copy on "
+                               "CPU where its logits are bit-identical, else widen).")
 _DUMP_LOGITS = flags.DEFINE_string("dump_logits", None, "Save the logits that chose each new "
                                    "token as a float32 .npy array [new_tokens, vocab].")
 
@@ -84,34 +91,14 @@ def read_prompts_file() -> list[str]:
     return prompts
 
 
-def check_output_path(path: str) -> Path:
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise UserError(f"--dump_logits: directory {out.parent} does not exist")
-    return out
-
-
-def save_npy_atomically(path: Path, array) -> None:
-    """Write beside the target, then rename: a failure never leaves a half-written file."""
-    import numpy as np
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main() -> None:
     from lpu_jax.engine.sampling import SamplingConfig
 
     sampling = SamplingConfig(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _SEED.value)
     if common.MAX_NEW_TOKENS.value < 1:
         raise UserError(f"--max_new_tokens must be >= 1, got {common.MAX_NEW_TOKENS.value}")
-    dump_path = check_output_path(_DUMP_LOGITS.value) if _DUMP_LOGITS.value else None
+    dump_path = (common.check_output_path(_DUMP_LOGITS.value, "--dump_logits")
+                 if _DUMP_LOGITS.value else None)
     if all(f.value is None for f in (common.PROMPT, _PROMPT_IDS, _PROMPTS_FILE)):
         raise UserError("pass --prompt TEXT (or --prompt_ids 1,2,3, or --prompts_file FILE)")
 
@@ -135,7 +122,8 @@ def main() -> None:
     prompts, is_batch = prompt_batch(model.tokenizer)
     if is_batch and dump_path is not None:
         raise UserError("--dump_logits takes a single prompt, not --prompts_file")
-    engine = Engine(model, sampling, Layout(tp=_TP.value, pp=_PP.value), fold=_FOLD.value)
+    engine = Engine(model, sampling, Layout(tp=_TP.value, pp=_PP.value), fold=_FOLD.value,
+                    precision=_PRECISION.value, execution=_EXECUTION.value)
     speaks = _PROCESS_ID.value == 0
 
     if is_batch:
@@ -155,7 +143,9 @@ def main() -> None:
     if not speaks:
         return
     if dump_path is not None:
-        save_npy_atomically(dump_path, results[0].logits)
+        import numpy as np
+
+        common.write_atomically(dump_path, lambda f: np.save(f, results[0].logits))
     report(model, engine, prompts, results, is_batch)
 
 
@@ -166,7 +156,7 @@ def report(model, engine, prompts, results, is_batch: bool) -> None:
     wall = results[0].wall
     if common.JSON.value:
         common_fields = {"model": model.source, "chips": engine.placement.describe(),
-                         "wall": wall.as_dict()}
+                         "precision": engine.weight_report(), "wall": wall.as_dict()}
         body = {"batch": outputs} if is_batch else outputs[0]
         print(json.dumps({**body, **common_fields}))
         return
@@ -181,6 +171,10 @@ def report(model, engine, prompts, results, is_batch: bool) -> None:
         if out["finish_reason"] == "context":
             print(f"[stopped: the model's context of {model.config.max_position_embeddings} "
                   "tokens is full]", file=sys.stderr)
+    weights = engine.weight_report()
+    print(f"[precision] {weights['recipe']}: weights {weights['weight_bytes'] / 1e6:.1f} MB in "
+          f"device memory ({weights['ratio_to_f32']:.3f}x f32), {weights['execution']}",
+          file=sys.stderr)
     prompt_tokens = sum(len(p) for p in prompts)
     print(f"[wall] load {wall.load_s:.2f} s, compile {wall.compile_s:.2f} s, prefill "
           f"{prompt_tokens} tokens {wall.prefill_s:.3f} s, decode {wall.decode_tokens} tokens "

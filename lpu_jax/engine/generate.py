@@ -29,6 +29,16 @@ from lpu_jax.chips.split import split_params
 from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import KVCache
+from lpu_jax.numerics.formats import nbytes, num_values
+from lpu_jax.numerics.recipe import Recipe, load_recipe
+from lpu_jax.numerics.store import execution_copy, store_params
+
+# How a step reads low-bit weights: "widen" converts them inside each matmul (an XLA fusion);
+# "pallas" multiplies int8 / int4 weights in the Pallas kernel of kernels/ (interpreted on CPU);
+# "f32-copy" reads an f32 copy made once at load time, whose values equal the stored ones.
+# XLA:CPU runs converts fused into dots 10-30x slower than f32 dots, so "auto" copies there; the
+# copy's logits are bit-identical to widening (tests/test_numerics.py).
+EXECUTIONS = ("auto", "widen", "pallas", "f32-copy")
 
 MIN_BUCKET = 16
 
@@ -93,16 +103,31 @@ class Engine:
 
     Executables are compiled once per shape. `fold` forces all chips onto one device (True) or one
     chip per device (False); None picks one chip per device when there are enough devices.
+    `precision` is a recipe (or its name or file) and `execution` one of EXECUTIONS.
     """
 
     def __init__(self, model: LoadedModel, sampling: SamplingConfig = SamplingConfig(),
-                 layout: Layout = Layout(), fold: bool | None = None):
+                 layout: Layout = Layout(), fold: bool | None = None,
+                 precision: Recipe | str = "f32", execution: str = "auto"):
         layout.check(model.config)
+        if execution not in EXECUTIONS:
+            raise UserError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
         self.model = model
         self.sampling = sampling
         self.layout = layout
+        self.precision = load_recipe(precision)
         self.placement = Placement.choose(layout, fold)
-        self.params = self.placement.put(split_params(model.params, model.config, layout))
+        stored = store_params(model.params, self.precision)
+        # The weights as stored in device memory, in the recipe's formats.
+        self.stored_params = self.placement.put(split_params(stored, model.config, layout))
+        if execution == "auto":
+            execution = "f32-copy" if self.placement.devices[0].platform == "cpu" else "widen"
+        self.execution = execution
+        if execution == "pallas":
+            on_cpu = self.placement.devices[0].platform == "cpu"
+            self.precision = self.precision.with_kernel("pallas-interpret" if on_cpu else "pallas")
+        self.params = (execution_copy(self.stored_params)
+                       if execution == "f32-copy" else self.stored_params)
         self._seed = np.int32(sampling.seed)
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
         self.compile_count = 0
@@ -110,6 +135,14 @@ class Engine:
     @property
     def context_length(self) -> int:
         return self.model.config.max_position_embeddings
+
+    def weight_report(self) -> dict:
+        """The stored weights' bytes in device memory (all chips), against f32 for the same
+        values; identity layers that pad short pipeline stages and vocabulary padding count."""
+        stored, values = nbytes(self.stored_params), num_values(self.stored_params)
+        return {"recipe": self.precision.name, "execution": self.execution,
+                "weight_bytes": stored, "weight_bytes_per_chip": stored // self.layout.num_chips,
+                "f32_bytes": 4 * values, "ratio_to_f32": stored / (4 * values)}
 
     def _on_chips(self, per_chip_tree):
         """A per-chip pytree repeated on every chip, stacked on the chip axes and placed."""
@@ -120,7 +153,8 @@ class Engine:
     def _empty_cache(self, batch: int, length: int) -> KVCache:
         config, layout = self.model.config, self.layout
         return self._on_chips(KVCache.zeros(
-            config, batch, length, kv_heads=config.num_kv_heads // layout.tp,
+            config, batch, length, self.precision.kv_cache_dtype,
+            kv_heads=config.num_kv_heads // layout.tp,
             layers=layout.layer_slots(config.num_layers)))
 
     def _empty_held(self, batch: int) -> jax.Array:
@@ -152,7 +186,7 @@ class Engine:
         abstract_state = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
         fn = functools.partial(step, config=self.model.config, layout=self.layout,
-                               sampling=self.sampling)
+                               sampling=self.sampling, precision=self.precision)
         on_chips = self.placement.run_per_chip(fn, num_replicated_outputs=2)
         compiled = jax.jit(on_chips, donate_argnums=(1,)).lower(
             self.params, abstract_state, *args, jax.ShapeDtypeStruct((), jnp.int32)).compile()

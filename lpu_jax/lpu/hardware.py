@@ -8,13 +8,11 @@ leave a default in place.
 from __future__ import annotations
 
 import dataclasses
-from importlib import resources
-from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
 from lpu_jax.errors import UserError
-from lpu_jax.textfiles import read_toml
+from lpu_jax.textfiles import read_toml, shipped, shipped_or_path
 
 # The figures each kind of hardware must give, and their units.
 UNITS = {
@@ -59,17 +57,12 @@ class HardwareSpec:
 
 def available() -> list[str]:
     """Names of the shipped hardware configs."""
-    return sorted(p.stem for p in _config_dir().glob("*.toml"))
+    return shipped("hardware")
 
 
 def load_hardware(name_or_path: str) -> HardwareSpec:
     """A shipped config by name (e.g. "lpu-v1"), or any .toml file by path."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = _config_dir() / f"{name_or_path}.toml"
-        if not path.exists():
-            raise UserError(f"unknown hardware {name_or_path!r}; shipped: "
-                            f"{', '.join(available())}, or pass a .toml file")
+    path = shipped_or_path("hardware", name_or_path, "hardware")
     return parse(read_toml(path), path.stem, str(path))
 
 
@@ -99,7 +92,3 @@ def parse(raw: dict, name: str, source: str) -> HardwareSpec:
         figures[key] = Figure(float(value), unit, cited, bool(entry.get("estimate", False)))
     return HardwareSpec(name, kind, description, MappingProxyType(figures))
 
-
-def _config_dir() -> Path:
-    """configs/hardware, installed with the package as lpu_jax.configs."""
-    return Path(str(resources.files("lpu_jax.configs"))) / "hardware"

@@ -1,0 +1,173 @@
+"""Matrix products with an accumulation policy, and the rounding of activations.
+
+Three policies for every matmul:
+  f32    products summed in f32 (TruePoint: wide accumulation).
+  bf16   narrow accumulation, to show what it costs: the input axis is cut into chunks of
+         `chunk` values; each chunk's products are summed in f32 and the running sum is rounded to
+         bf16 after each chunk.
+  int32  int8 weights times int8 activations (quantized per token, symmetric), summed exactly in
+         int32, then scaled. The result does not depend on how the sum is split, across chips or
+         within one.
+
+Activations can be rounded before a matmul (`inputs`) and where they cross chips (`link`):
+f32 (unchanged), bf16, f16, or fp8 / int8 with one scale per token (the largest |x| of the
+token's vector maps to the format's largest value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from lpu_jax.errors import UserError
+from lpu_jax.kernels.quantized_matmul import quantized_matmul
+from lpu_jax.numerics.formats import (F32, FLOAT_DTYPES, Format, QuantizedArray, Stored,
+                                      saturating_cast, widened_with_scale)
+
+Array = jax.Array
+
+ACCUMULATIONS = ("f32", "bf16", "int32")
+KERNELS = ("xla", "pallas", "pallas-interpret")
+ACTIVATION_FORMATS = ("f32", "bf16", "f16", "fp8-e4m3", "fp8-e5m2", "int8")
+# An f32 sum of int8 x int8 products is exact while it stays below 2^24: 1024 products of at most
+# 127 * 127 keep it there, whatever the order of the additions.
+EXACT_F32_CHUNK = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulPolicy:
+    """How one class of matmuls stores its weights, rounds its inputs and accumulates."""
+
+    weights: Format = F32
+    inputs: str = "f32"
+    accumulation: str = "f32"
+    chunk: int = 64  # input values per narrow-accumulation chunk
+    # Who multiplies int8 / int4 weights under f32 accumulation: XLA (widening in a fusion) or
+    # the Pallas kernel in kernels/ ("pallas-interpret": its interpreter, for CPU). Chosen by
+    # the engine's execution mode, not by recipe files.
+    kernel: str = "xla"
+
+    def __post_init__(self):
+        if self.accumulation not in ACCUMULATIONS:
+            raise UserError(f"unknown accumulation {self.accumulation!r}; known: "
+                            f"{', '.join(ACCUMULATIONS)}")
+        if self.inputs not in ACTIVATION_FORMATS:
+            raise UserError(f"unknown activation format {self.inputs!r}; known: "
+                            f"{', '.join(ACTIVATION_FORMATS)}")
+        integer = (self.weights.kind == "int8", self.inputs == "int8")
+        if (self.accumulation == "int32") != all(integer) or (self.inputs == "int8") != all(integer):
+            raise UserError("int32 accumulation goes with int8 weights and int8 inputs, and "
+                            "int8 inputs need int8 weights and int32 accumulation")
+        if self.chunk < 1:
+            raise UserError(f"chunk must be >= 1, got {self.chunk}")
+        if self.kernel not in KERNELS:
+            raise UserError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+
+    def uses_kernel(self, w: Stored) -> bool:
+        return (self.kernel != "xla" and self.accumulation == "f32"
+                and isinstance(w, QuantizedArray) and w.format.kind in ("int8", "int4"))
+
+
+def _token_scale(x: Array, limit: float, axis_name: str | None) -> Array:
+    """One scale per token [..., 1]: its largest |x| (over all chips holding a slice) -> limit."""
+    largest = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    if axis_name is not None:
+        largest = jax.lax.pmax(largest, axis_name)
+    return largest / limit
+
+
+def _int8_per_token(x: Array, axis_name: str | None) -> tuple[Array, Array]:
+    """x = q * scale with q integers in [-127, 127] (kept as f32) and one scale per token."""
+    scale = _token_scale(x, 127.0, axis_name)
+    q = jnp.clip(jnp.round(jnp.where(scale > 0, x / jnp.where(scale > 0, scale, 1.0), 0.0)),
+                 -127, 127)
+    return q, scale
+
+
+def round_activations(x: Array, fmt: str, axis_name: str | None = None) -> Array:
+    """x as the format would carry it, back in f32. axis_name: chips holding slices of the same
+    vectors, which share one per-token scale."""
+    if fmt == "f32":
+        return x
+    if fmt in ("bf16", "f16"):
+        return x.astype(FLOAT_DTYPES[fmt]).astype(jnp.float32)
+    if fmt == "int8":
+        q, scale = _int8_per_token(x, axis_name)
+        return q * scale
+    scale = _token_scale(x, float(jnp.finfo(FLOAT_DTYPES[fmt]).max), axis_name)
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return saturating_cast(x / safe, FLOAT_DTYPES[fmt]).astype(jnp.float32) * safe
+
+
+def exact_integer_dot(q_x: Array, q_w: Array) -> Array:
+    """sum_i x[..., i] w[i, o] for integers in [-127, 127], exactly, as int32.
+
+    XLA:CPU runs int8 dots 10-30x slower than f32 ones, so there the sum is taken in f32 over
+    chunks that cannot round (see EXACT_F32_CHUNK) and the chunks are added in int32; elsewhere
+    an int8 dot with an int32 accumulator. Both give the same integers.
+    """
+    if jax.default_backend() != "cpu":
+        return jnp.einsum("...i,io->...o", q_x.astype(jnp.int8), q_w.astype(jnp.int8),
+                          preferred_element_type=jnp.int32)
+    total = None
+    for start in range(0, q_x.shape[-1], EXACT_F32_CHUNK):
+        part = jnp.einsum("...i,io->...o", q_x[..., start:start + EXACT_F32_CHUNK],
+                          q_w[start:start + EXACT_F32_CHUNK].astype(jnp.float32),
+                          preferred_element_type=jnp.float32).astype(jnp.int32)
+        total = part if total is None else total + part
+    return total
+
+
+def _narrow_dot(x: Array, w: Array, chunk: int) -> Array:
+    """f32 products per chunk of the input axis, the running sum rounded to bf16 per chunk."""
+    rows = x.shape[-1]
+    pad = -rows % chunk
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+    w = jnp.pad(w, ((0, pad), (0, 0)))
+    chunks = (rows + pad) // chunk
+    x_chunks = jnp.moveaxis(x.reshape(*x.shape[:-1], chunks, chunk), -2, 0)
+    w_chunks = w.reshape(chunks, chunk, w.shape[-1])
+
+    def add_chunk(total, xw):
+        part = jnp.einsum("...i,io->...o", *xw, preferred_element_type=jnp.float32)
+        return (total.astype(jnp.float32) + part).astype(jnp.bfloat16), None
+
+    total0 = jnp.zeros((*x.shape[:-1], w.shape[-1]), jnp.bfloat16)
+    total, _ = jax.lax.scan(add_chunk, total0, (x_chunks, w_chunks))
+    return total.astype(jnp.float32)
+
+
+def matmul(x: Array, w: Stored, policy: MatmulPolicy, sum_axis: str | None = None,
+           link: str = "f32") -> Array:
+    """x [..., I] @ w [I, O] -> f32 [..., O] under `policy`.
+
+    sum_axis names the chips that each hold a slice of the input axis (a row-parallel
+    projection): their partial sums are added with psum, crossing chips in the `link` format
+    (int32 sums cross exactly, as integers).
+    """
+    if policy.accumulation == "int32":
+        if not isinstance(w, QuantizedArray) or w.format.kind != "int8":
+            raise ValueError("int32 accumulation needs the weight stored as int8")
+        q_x, x_scale = _int8_per_token(x, sum_axis)
+        total = exact_integer_dot(q_x, w.values)
+        if sum_axis is not None:
+            total = jax.lax.psum(total, sum_axis)
+        return total.astype(jnp.float32) * x_scale * w.scales[..., 0, :]
+
+    x = round_activations(x.astype(jnp.float32), policy.inputs, sum_axis)
+    values, channel_scale = widened_with_scale(w)
+    if policy.uses_kernel(w):
+        flat = quantized_matmul(x.reshape(-1, x.shape[-1]), w,
+                                interpret=policy.kernel == "pallas-interpret")
+        y, channel_scale = flat.reshape(*x.shape[:-1], flat.shape[-1]), None
+    elif policy.accumulation == "bf16":
+        y = _narrow_dot(x, values, policy.chunk)
+    else:
+        y = jnp.einsum("...i,io->...o", x, values, preferred_element_type=jnp.float32)
+    if channel_scale is not None:
+        y = y * channel_scale
+    if sum_axis is not None:
+        y = jax.lax.psum(round_activations(y, link), sum_axis)
+    return y

@@ -1,0 +1,71 @@
+"""lpu-sweep end to end on a tiny checkpoint: rows per recipe, files, plot, errors."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import tokenizers
+
+from lpu_jax.cli.sweep import embedded_text
+from tests import tiny_models
+from tests.test_cli import assert_user_error
+
+
+def sweep(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LPU_JAX_CACHE_DIR="")
+    return subprocess.run([sys.executable, "-m", "lpu_jax.cli.sweep", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def with_byte_tokenizer(checkpoint, directory):
+    """A copy of a tiny checkpoint with a byte-level tokenizer: one token per byte, 256 in all,
+    exactly the tiny vocabulary."""
+    shutil.copytree(checkpoint, directory)
+    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
+    assert len(vocab) == tiny_models.VOCAB
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges=[]))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def test_sweep_table_files_and_plot(tiny_checkpoints, tmp_path):
+    path = with_byte_tokenizer(tiny_checkpoints.get("mha"), tmp_path / "model")
+    text = tmp_path / "text.txt"
+    text.write_text(embedded_text(4000))
+    args = ["--model", str(path), "--text", str(text), "--tokens", "300",
+            "--recipes", "f32,truepoint-int8,int4-g32,naive-int8-bf16acc"]
+    result = sweep(*args, "--out", str(tmp_path / "rows.csv"), "--plot", str(tmp_path / "a.png"),
+                   "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {r["recipe"]: r for r in report["rows"]}
+    assert rows["f32"]["tokens"] == 300
+    assert rows["f32"]["top1_agreement"] == 1.0 and rows["f32"]["mean_kl"] == 0.0
+    assert rows["int4-g32"]["mean_kl"] > rows["truepoint-int8"]["mean_kl"] > 0
+    assert rows["int4-g32"]["bytes_per_parameter"] < rows["truepoint-int8"]["bytes_per_parameter"]
+    with open(tmp_path / "rows.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["recipe"] for r in table] == list(rows)
+    assert "top1_agreement" in table[0]
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_errors(tmp_path):
+    assert_user_error(sweep("--recipes", "f32,nope"), "unknown precision recipe 'nope'")
+    assert_user_error(sweep("--text", str(tmp_path / "missing.txt")), "no such file")
+    assert_user_error(sweep("--out", str(tmp_path / "rows.xlsx")), "must end in .csv or .json")
+    assert_user_error(sweep("--plot", str(tmp_path / "no" / "a.png")), "does not exist")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[mlp]\nweights = "int8"\nacumulation = "f32"\n')
+    assert_user_error(sweep("--recipes", str(bad)), "unknown key 'acumulation'")
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_embedded_text_ships_with_python():
+    assert len(embedded_text(20000)) >= 20000
