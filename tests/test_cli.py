@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,15 @@ def test_a_batch_that_does_not_fill_the_pipeline_gets_one_line(tmp_path):
     prompts.write_text("one\ntwo\nthree\n")
     assert_user_error(generate("--prompts_file", str(prompts), "--pp", "2"),
                       "a batch of 3 prompts does not fit 2 pipeline stages")
+
+
+def test_precision_recipe_from_the_command_line(tiny_checkpoints, tmp_path):
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('[mlp]\nweights = "int4"\ngroup_size = 32\n[kv_cache]\nformat = "bf16"\n')
+    for precision, most in (("truepoint-int8", 0.27), (str(recipe), 0.8)):
+        result = generate("--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", "5,6,7",
+                          "--max_new_tokens", "3", "--precision", precision, "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)["precision"]
+        assert report["recipe"] == Path(precision).stem
+        assert report["ratio_to_f32"] < most and report["execution"] == "f32-copy"
