@@ -59,6 +59,19 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+def disable_cpu_fma() -> None:
+    """Keep XLA:CPU from fusing a multiply and an add into one FMA (must run before JAX starts).
+
+    LLVM contracts them wherever both land in one fusion, and fusions differ from one chip
+    layout's program to another's, so the same value can be rounded once in one layout and
+    twice in another. Capping the instruction set at AVX (FMA came with AVX2) turns that off;
+    with int8-exact, logits are then bit-identical across tp. It costs little where decode is
+    memory-bound.
+    """
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags_now} --xla_cpu_max_isa=AVX".strip()
+
+
 def enable_compilation_cache() -> None:
     """Keep compiled executables on disk between runs (LPU_JAX_CACHE_DIR overrides, '' disables)."""
     import jax

@@ -44,6 +44,10 @@ _EXECUTION = flags.DEFINE_enum("execution", "auto", ["auto", "widen", "pallas", 
                                "XLA, by the Pallas kernel (int8/int4; interpreted, slowly, on "
                                "CPU), or from an f32 copy of the same values (auto: the copy on "
                                "CPU where its logits are bit-identical, else widen).")
+_CPU_FMA = flags.DEFINE_bool("cpu_fma", True, "Let XLA:CPU fuse multiplies and adds into FMA "
+                             "instructions. --nocpu_fma makes results independent of how each "
+                             "chip layout's program is fused: with --precision int8-exact, "
+                             "logits are bit-identical across --tp.")
 _DUMP_LOGITS = flags.DEFINE_string("dump_logits", None, "Save the logits that chose each new "
                                    "token as a float32 .npy array [new_tokens, vocab].")
 
@@ -104,6 +108,8 @@ def main() -> None:
 
     from lpu_jax.chips import distributed
 
+    if not _CPU_FMA.value:
+        common.disable_cpu_fma()
     if _NUM_PROCESSES.value > 1:
         # gloo prints its connection log on file descriptor 1: give it stderr, keep stdout ours.
         sys.stdout = os.fdopen(os.dup(1), "w")
