@@ -33,6 +33,7 @@ from lpu_jax.config import ModelConfig
 from lpu_jax.numerics.formats import Stored, saturating_cast, take_columns
 from lpu_jax.numerics.matmul import MatmulPolicy, matmul
 from lpu_jax.numerics.recipe import Recipe
+from lpu_jax.numerics.portable import ordered_sum, softmax
 
 Array = jax.Array
 REFERENCE = Recipe()
@@ -109,7 +110,7 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
 
 def rms_norm(x_BTD: Array, weight_D: Array, eps: float) -> Array:
     x = x_BTD.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    x = x * jax.lax.rsqrt(ordered_sum(x * x, -1, keepdims=True) / x.shape[-1] + eps)
     return weight_D * x.astype(x_BTD.dtype)
 
 
@@ -178,7 +179,7 @@ def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSK
     key_positions_S = jnp.arange(k_cache_BSKH.shape[1])
     visible_BTS = key_positions_S[None, None, :] <= positions_BT[:, :, None]
     scores = jnp.where(visible_BTS[:, None, None, :, :], scores, -jnp.inf)
-    probs = jax.nn.softmax(scores, axis=-1)
+    probs = softmax(scores, axis=-1)
     out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs.astype(jnp.float32),
                            v_cache_BSKH.astype(jnp.float32), preferred_element_type=jnp.float32)
     out_BTN = out_BTKGH.reshape(B, T, -1).astype(x_BTD.dtype)

@@ -12,6 +12,7 @@ from lpu_jax.chips.layout import Layout
 from lpu_jax.engine.generate import Engine
 from lpu_jax.errors import UserError
 from lpu_jax.numerics import matmul as mm
+from lpu_jax.numerics import portable
 from lpu_jax.numerics.formats import Format, quantize
 from lpu_jax.numerics.recipe import available, load_recipe, parse
 from tests import tiny_models
@@ -178,3 +179,19 @@ def test_groups_that_do_not_fit_a_chip_are_refused(tiny_checkpoints):
     model = load_model(tiny_checkpoints.get("gqa"))  # hidden 48: 32-row groups do not divide it
     with pytest.raises(UserError, match="does not divide"):
         Engine(model, precision="int4-g32")
+
+
+def test_portable_exp_and_sums_do_not_depend_on_array_size():
+    x = np.random.default_rng(7).normal(size=4099).astype(np.float32) * 10
+    x[:3] = (-np.inf, -100.0, 0.0)
+    exp, total = jax.jit(portable.exp), jax.jit(lambda a: portable.ordered_sum(a, 0))
+    full = np.asarray(exp(x))
+    np.testing.assert_allclose(full[3:], np.exp(x[3:].astype(np.float64)), rtol=2e-7)
+    assert full[0] == 0 and full[1] == 0 and full[2] == 1
+    for n in (1, 5, 17, 100, 1023):
+        np.testing.assert_array_equal(exp(x[:n]), full[:n])
+    rows = np.abs(x[3:3 + 96 * 40]).reshape(96, 40)
+    by_rows = np.asarray(jax.jit(lambda a: portable.ordered_sum(a, 1))(rows))
+    for r in (0, 50, 95):
+        assert total(rows[r]) == by_rows[r]
+    np.testing.assert_allclose(by_rows, rows.astype(np.float64).sum(axis=1), rtol=1e-6)

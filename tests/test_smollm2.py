@@ -117,3 +117,19 @@ def test_low_bit_weight_bytes(smollm2, recipe, most):
 
     stored = store_params(smollm2.params, load_recipe(recipe))
     assert nbytes(stored) <= most * 4 * num_values(stored)
+
+
+def test_int8_exact_logits_are_bit_identical_across_tp(tmp_path):
+    """On the real model too (9 heads: 3 per chip at tp=3), where XLA's own exp and reduce
+    orders would differ between the layouts (see lpu_jax/numerics/portable.py)."""
+    from tests.test_cli import generate
+
+    logits = []
+    for tp in ("1", "3"):
+        out = tmp_path / f"tp{tp}.npy"
+        result = generate("--chat", "--prompt", "What is the capital of France?", "--tp", tp,
+                          "--cpu_devices", "3", "--nofold", "--precision", "int8-exact",
+                          "--nocpu_fma", "--max_new_tokens", "6", "--dump_logits", str(out))
+        assert result.returncode == 0, result.stderr
+        logits.append(np.load(out))
+    np.testing.assert_array_equal(logits[0], logits[1])
