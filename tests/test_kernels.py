@@ -29,8 +29,8 @@ def test_kernel_refuses_other_formats():
         quantized_matmul(jnp.ones((1, 32)), w, interpret=True)
 
 
-@pytest.mark.parametrize("recipe", ["truepoint-int8", "int4-g32"])
-def test_engine_with_the_kernel_equals_xla_widening(tiny_checkpoints, recipe):
+def test_engine_with_the_kernel_equals_xla_widening(tiny_checkpoints):
+    recipe = "int4-g32"  # int8 takes the kernel's simpler path; the unit tests cover both
     from lpu_jax.checkpoint import load_model
     from lpu_jax.chips.layout import Layout
     from lpu_jax.engine.generate import Engine

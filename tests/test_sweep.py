@@ -39,7 +39,7 @@ def test_sweep_table_files_and_plot(tiny_checkpoints, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(embedded_text(4000))
     args = ["--model", str(path), "--text", str(text), "--tokens", "300",
-            "--recipes", "f32,truepoint-int8,int4-g32,naive-int8-bf16acc"]
+            "--recipes", "f32,truepoint-int8,int4-g32"]
     result = sweep(*args, "--out", str(tmp_path / "rows.csv"), "--plot", str(tmp_path / "a.png"),
                    "--json")
     assert result.returncode == 0, result.stderr
