@@ -32,8 +32,8 @@ from flax import struct
 from lpu_jax.config import ModelConfig
 from lpu_jax.numerics.formats import Stored, saturating_cast, take_columns
 from lpu_jax.numerics.matmul import MatmulPolicy, matmul
-from lpu_jax.numerics.recipe import Recipe
 from lpu_jax.numerics.portable import ordered_sum, softmax
+from lpu_jax.numerics.recipe import Recipe
 
 Array = jax.Array
 REFERENCE = Recipe()
@@ -110,6 +110,7 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
 
 def rms_norm(x_BTD: Array, weight_D: Array, eps: float) -> Array:
     x = x_BTD.astype(jnp.float32)
+    # A fixed summation order: the same bits in every chip layout (see numerics/portable.py).
     x = x * jax.lax.rsqrt(ordered_sum(x * x, -1, keepdims=True) / x.shape[-1] + eps)
     return weight_D * x.astype(x_BTD.dtype)
 

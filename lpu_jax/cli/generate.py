@@ -42,8 +42,8 @@ _PRECISION = flags.DEFINE_string("precision", "f32", "Precision recipe: a name f
 _EXECUTION = flags.DEFINE_enum("execution", "auto", ["auto", "widen", "pallas", "f32-copy"],
                                "How steps read low-bit weights: widened inside each matmul by "
                                "XLA, by the Pallas kernel (int8/int4; interpreted, slowly, on "
-                               "CPU), or from an f32 copy of the same values (auto: the copy on "
-                               "CPU where its logits are bit-identical, else widen).")
+                               "CPU), or from an f32 copy of the same values made at load time "
+                               "(auto: the copy on CPU, widen elsewhere).")
 _CPU_FMA = flags.DEFINE_bool("cpu_fma", True, "Let XLA:CPU fuse multiplies and adds into FMA "
                              "instructions. --nocpu_fma makes results independent of how each "
                              "chip layout's program is fused: with --precision int8-exact, "

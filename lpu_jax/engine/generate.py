@@ -120,11 +120,11 @@ class Engine:
         stored = store_params(model.params, self.precision)
         # The weights as stored in device memory, in the recipe's formats.
         self.stored_params = self.placement.put(split_params(stored, model.config, layout))
+        on_cpu = self.placement.devices[0].platform == "cpu"
         if execution == "auto":
-            execution = "f32-copy" if self.placement.devices[0].platform == "cpu" else "widen"
+            execution = "f32-copy" if on_cpu else "widen"
         self.execution = execution
         if execution == "pallas":
-            on_cpu = self.placement.devices[0].platform == "cpu"
             self.precision = self.precision.with_kernel("pallas-interpret" if on_cpu else "pallas")
         self.params = (execution_copy(self.stored_params)
                        if execution == "f32-copy" else self.stored_params)
