@@ -22,6 +22,7 @@ format is the dtype of its buffers. The default recipe is f32 throughout.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -218,6 +219,25 @@ def embed(embed_DV: Stored, tokens_BT: Array, vocab_axes: tuple[tuple[str, int],
     return jax.lax.psum(x, tuple(name for name, _ in vocab_axes))
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "tp_axis", "precision", "always_write"))
+def decoder_layer(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSKH: Array,
+                  v_cache_BSKH: Array, start: Array, write: Array, *, cfg: ModelConfig,
+                  tp_axis: str | None, precision: Recipe, always_write: bool):
+    """One decoder layer: attention and MLP, each added to the residual stream.
+
+    Under jit so that tracing a step traces the layer once and reuses it for every layer of the
+    same shapes (XLA inlines the calls: the compiled program is the same).
+    """
+    h, k_next, v_next = attention(layer, rms_norm(x_BTD, layer.attn_norm_D, cfg.rms_norm_eps),
+                                  positions_BT, k_cache_BSKH, v_cache_BSKH, start,
+                                  jnp.asarray(rope_inverse_frequencies(cfg)), cfg.head_dim,
+                                  tp_axis, True if always_write else write, precision)
+    x_BTD = x_BTD + h
+    x_BTD = x_BTD + mlp(layer, rms_norm(x_BTD, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis,
+                        precision)
+    return x_BTD, k_next, v_next
+
+
 def run_layers(layers: tuple[LayerParams, ...], cfg: ModelConfig, x_BTD: Array, start: Array,
                cache: KVCache, tp_axis: str | None = None, write: bool | Array = True,
                precision: Recipe = REFERENCE) -> tuple[Array, KVCache]:
@@ -230,15 +250,12 @@ def run_layers(layers: tuple[LayerParams, ...], cfg: ModelConfig, x_BTD: Array, 
     """
     B, T, _ = x_BTD.shape
     positions_BT = jnp.broadcast_to(jnp.reshape(start, (-1, 1)) + jnp.arange(T), (B, T))
-    inv_freq_P = jnp.asarray(rope_inverse_frequencies(cfg))
+    always_write = write is True
     new_k, new_v = [], []
     for layer, k_cache, v_cache in zip(layers, cache.k, cache.v):
-        h, k_next, v_next = attention(layer, rms_norm(x_BTD, layer.attn_norm_D, cfg.rms_norm_eps),
-                                      positions_BT, k_cache, v_cache, start, inv_freq_P,
-                                      cfg.head_dim, tp_axis, write, precision)
-        x_BTD = x_BTD + h
-        x_BTD = x_BTD + mlp(layer, rms_norm(x_BTD, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis,
-                            precision)
+        x_BTD, k_next, v_next = decoder_layer(
+            layer, x_BTD, positions_BT, k_cache, v_cache, start, jnp.asarray(write),
+            cfg=cfg, tp_axis=tp_axis, precision=precision, always_write=always_write)
         new_k.append(k_next)
         new_v.append(v_next)
     return x_BTD, KVCache(k=tuple(new_k), v=tuple(new_v))

@@ -79,11 +79,11 @@ def _token_scale(x: Array, limit: float, axis_name: str | None) -> Array:
 
 
 def _int8_per_token(x: Array, axis_name: str | None) -> tuple[Array, Array]:
-    """x = q * scale with q integers in [-127, 127] (kept as f32) and one scale per token."""
+    """x = q * scale with q int8 in [-127, 127] and one scale per token."""
     scale = _token_scale(x, 127.0, axis_name)
     q = jnp.clip(jnp.round(jnp.where(scale > 0, x / jnp.where(scale > 0, scale, 1.0), 0.0)),
                  -127, 127)
-    return q, scale
+    return q.astype(jnp.int8), scale
 
 
 def round_activations(x: Array, fmt: str, axis_name: str | None = None) -> Array:
@@ -95,25 +95,24 @@ def round_activations(x: Array, fmt: str, axis_name: str | None = None) -> Array
         return x.astype(FLOAT_DTYPES[fmt]).astype(jnp.float32)
     if fmt == "int8":
         q, scale = _int8_per_token(x, axis_name)
-        return q * scale
+        return q.astype(jnp.float32) * scale
     scale = _token_scale(x, float(jnp.finfo(FLOAT_DTYPES[fmt]).max), axis_name)
     safe = jnp.where(scale > 0, scale, 1.0)
     return saturating_cast(x / safe, FLOAT_DTYPES[fmt]).astype(jnp.float32) * safe
 
 
 def exact_integer_dot(q_x: Array, q_w: Array) -> Array:
-    """sum_i x[..., i] w[i, o] for integers in [-127, 127], exactly, as int32.
+    """sum_i x[..., i] w[i, o] for int8 x and w in [-127, 127], exactly, as int32.
 
     XLA:CPU runs int8 dots 10-30x slower than f32 ones, so there the sum is taken in f32 over
     chunks that cannot round (see EXACT_F32_CHUNK) and the chunks are added in int32; elsewhere
     an int8 dot with an int32 accumulator. Both give the same integers.
     """
     if jax.default_backend() != "cpu":
-        return jnp.einsum("...i,io->...o", q_x.astype(jnp.int8), q_w.astype(jnp.int8),
-                          preferred_element_type=jnp.int32)
+        return jnp.einsum("...i,io->...o", q_x, q_w, preferred_element_type=jnp.int32)
     total = None
     for start in range(0, q_x.shape[-1], EXACT_F32_CHUNK):
-        part = jnp.einsum("...i,io->...o", q_x[..., start:start + EXACT_F32_CHUNK],
+        part = jnp.einsum("...i,io->...o", q_x[..., start:start + EXACT_F32_CHUNK].astype(jnp.float32),
                           q_w[start:start + EXACT_F32_CHUNK].astype(jnp.float32),
                           preferred_element_type=jnp.float32).astype(jnp.int32)
         total = part if total is None else total + part
