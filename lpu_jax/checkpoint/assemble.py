@@ -98,3 +98,18 @@ def build_params(cfg: ModelConfig, available: Iterable[str], read: Callable[[str
         final_norm_D=load(FINAL_NORM),
         lm_head_DV=None if cfg.tie_word_embeddings else load(LM_HEAD),
     )
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+    """The parameters' shapes and dtypes (f32, [in, out]) with no values: for estimates of models
+    too big to load."""
+    def spec(shape):
+        return jax.ShapeDtypeStruct(tuple(reversed(shape)) if len(shape) == 2 else shape,
+                                    np.float32)
+
+    layer = LayerParams(**{field: spec(shape(cfg)) for field, (_, shape)
+                           in layer_fields(cfg).items()})
+    embed = spec((cfg.vocab_size, cfg.hidden_size))
+    return Params(embed_DV=embed, layers=(layer,) * cfg.num_layers,
+                  final_norm_D=spec((cfg.hidden_size,)),
+                  lm_head_DV=None if cfg.tie_word_embeddings else embed)

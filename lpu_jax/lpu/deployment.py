@@ -1,0 +1,267 @@
+"""What a deployment would do on the hardware: the per-chip prefill, decode and ring steps the
+engine runs, scheduled by the cycle model, and the figures derived from them (the `emulated`
+report of lpu-generate and lpu-estimate).
+
+Only shapes are needed: the parameters are abstract (jax.eval_shape of storing and splitting
+them), so a 70B model is estimated without its weights. Schedules are cached per shape.
+
+- Attention's cost follows the context a step actually sees: a step is scheduled with a KV cache
+  of the visible positions, rounded up to whole 320-position vectors (the hardware's grain),
+  not with the engine's static cache.
+- Single stream: a token crosses every pipeline stage in one decode step, so the latency per token
+  is the decode step's schedule.
+- Pipeline full: pp micro-batches circulate (the token ring); every tick each stage works on one,
+  and M tokens (one micro-batch) leave the last stage: tokens/s = M / tick.
+- Energy per token: the dynamic energy of one token's useful work on every chip (the ring tick
+  with M = 1, where no stage computes on a bubble) plus the chips' static power over the time
+  the token takes.
+- SRAM per chip: weights in their storage formats, the KV cache of the run's sequences at its
+  context, and the peak of live intermediate activations. A deployment that does not fit is
+  told the fewest chips that hold the same sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+from lpu_jax.checkpoint.assemble import abstract_params
+from lpu_jax.chips import program
+from lpu_jax.chips.layout import Layout, valid_tp
+from lpu_jax.chips.split import padded_vocab, split_layer, split_params
+from lpu_jax.config import ModelConfig
+from lpu_jax.engine.sampling import SamplingConfig
+from lpu_jax.errors import UserError
+from lpu_jax.lpu.hardware import HardwareSpec
+from lpu_jax.lpu.scheduler import Schedule, schedule
+from lpu_jax.model import KVCache
+from lpu_jax.numerics.recipe import Recipe
+from lpu_jax.numerics.store import store_params
+
+
+def _bytes(tree) -> int:
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+def _per_chip(stacked):
+    """Abstract per-chip shapes from a tree stacked on the leading chip axes."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[2:], a.dtype), stacked)
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    config: ModelConfig
+    layout: Layout
+    recipe: Recipe
+    hardware: HardwareSpec
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class MemoryPlan:
+    """Bytes per chip of weights and KV cache for any (tp, pp), from one abstract layer and the
+    abstract vocabulary tensors, so finding the chips a model needs is arithmetic."""
+
+    def __init__(self, config: ModelConfig, recipe: Recipe):
+        self.config, self.recipe = config, recipe
+        self._stored = jax.eval_shape(lambda p: store_params(p, recipe),
+                                      abstract_params(dataclasses.replace(config, num_layers=1)))
+        self._layer = {}
+
+    def layer_bytes(self, tp: int) -> int:
+        if tp not in self._layer:
+            shares = jax.eval_shape(lambda layer: split_layer(layer, tp), self._stored.layers[0])
+            self._layer[tp] = _bytes(shares) // tp
+        return self._layer[tp]
+
+    def weights(self, layout: Layout) -> int:
+        cfg, chips = self.config, layout.num_chips
+        vocab = _bytes(self._stored.embed_DV) + _bytes(self._stored.lm_head_DV)
+        vocab_share = vocab * padded_vocab(cfg.vocab_size, chips) // (cfg.vocab_size * chips)
+        return (layout.layer_slots(cfg.num_layers) * self.layer_bytes(layout.tp) + vocab_share
+                + _bytes(self._stored.final_norm_D))
+
+    def kv_cache(self, layout: Layout, batch: int, context: int) -> int:
+        cfg = self.config
+        itemsize = jnp.dtype(self.recipe.kv_cache_dtype).itemsize
+        return (2 * layout.layer_slots(cfg.num_layers) * batch * context
+                * (cfg.num_kv_heads // layout.tp) * cfg.head_dim * itemsize)
+
+    def chips_needed(self, capacity: float, batch: int, context: int,
+                     activations: int) -> Layout | None:
+        """The layout with the fewest chips whose share fits `capacity` (fewer tp chips on a tie:
+        they stay inside a node), or None when even one layer per stage does not fit."""
+        best = None
+        for tp in valid_tp(self.config):
+            for pp in range(1, self.config.num_layers + 1):
+                layout = Layout(tp=tp, pp=pp)
+                if (self.weights(layout) + self.kv_cache(layout, batch, context)
+                        + activations <= capacity):
+                    if best is None or layout.num_chips < best.num_chips:
+                        best = layout
+                    break
+        return best
+
+
+class CycleModel:
+    """Schedules one deployment's per-chip steps; cached per shape."""
+
+    def __init__(self, deployment: Deployment):
+        d = self.deployment = deployment
+        d.layout.check(d.config)
+        if d.hardware.kind == "gpu" and d.layout.num_chips > 1:
+            raise UserError(f"the {d.hardware.name} config models one GPU: use --tp 1 --pp 1")
+        self.lanes = int(d.hardware["lanes"]) if d.hardware.kind == "lpu" else 1
+        self._precision = d.recipe.with_kernel("xla")  # the plain-JAX twin of any kernel
+        self._params = None
+        self._schedules: dict[tuple, Schedule] = {}
+        self.memory = MemoryPlan(d.config, d.recipe)
+        self.scheduling_s = 0.0
+        self.last_decode: Schedule | None = None  # the decode step of the latest report
+
+    def _chip_params(self):
+        if self._params is None:
+            d = self.deployment
+            stacked = jax.eval_shape(
+                lambda p: split_params(store_params(p, d.recipe), d.config, d.layout),
+                abstract_params(d.config))
+            self._params = _per_chip(stacked)
+        return self._params
+
+    def visible(self, positions: int) -> int:
+        """The cache length a step is scheduled with: the visible positions in whole vectors."""
+        return -(-positions // self.lanes) * self.lanes
+
+    def _cache(self, batch: int, length: int):
+        d = self.deployment
+        return jax.eval_shape(lambda: KVCache.zeros(
+            d.config, batch, length, d.recipe.kv_cache_dtype,
+            kv_heads=d.config.num_kv_heads // d.layout.tp,
+            layers=d.layout.layer_slots(d.config.num_layers)))
+
+    def step(self, kind: str, batch: int, context: int, prompt_len: int = 0) -> Schedule:
+        """The schedule of one step ("prefill", "decode" or "ring") seeing `context` positions."""
+        length = self.visible(context)
+        key = (kind, batch, length, prompt_len)
+        if key in self._schedules:
+            return self._schedules[key]
+        start = time.perf_counter()
+        d = self.deployment
+        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
+        cache = self._cache(batch, length)
+        if kind == "prefill":
+            fn, state, args = program.prefill, cache, (i32(batch, prompt_len), i32(batch))
+        elif kind == "decode":
+            fn, state, args = program.decode, cache, (i32(batch), i32())
+        else:
+            micro = batch // d.layout.pp
+            held = jax.ShapeDtypeStruct((micro, 1, d.config.hidden_size), jnp.float32)
+            fn, state = program.ring_tick, program.RingState(cache, held)
+            args = (i32(micro), i32(), i32(batch))
+        step_fn = functools.partial(fn, config=d.config, layout=d.layout, sampling=d.sampling,
+                                    precision=self._precision)
+        result = schedule(step_fn, self._chip_params(), state, *args, i32(),
+                          hardware=d.hardware, axes=d.layout.axes, weights=(0,))
+        self._schedules[key] = result
+        self.scheduling_s += time.perf_counter() - start
+        return result
+
+    def report(self, prompt_len: int, decode_positions: list[int], batch: int = 1,
+               context: int | None = None) -> dict:
+        """The emulated figures of a run: prompts of prompt_len tokens (a batch of `batch`),
+        single-stream decode steps at the given positions, a context of `context` positions per
+        sequence (default: the model's) for the SRAM plan."""
+        d, hw = self.deployment, self.deployment.hardware
+        layout, chips = d.layout, d.layout.num_chips
+        context = context or d.config.max_position_embeddings
+        positions = decode_positions or [prompt_len]
+        steps = [self.step("decode", 1, p + 1) for p in positions]
+        self.last_decode = steps[-1]
+        mean_s = sum(s.seconds for s in steps) / len(steps)
+        micro = max(batch // layout.pp, 1)
+        middle = positions[len(positions) // 2] + 1
+        # With one stage and one sequence the ring tick is the decode step.
+        lone = (self.step("decode", 1, middle) if layout.pp == 1
+                else self.step("ring", layout.pp, middle))
+        full = lone if micro == 1 else self.step("ring", micro * layout.pp, middle)
+        # The first token of one prompt: the batch's prompts are prefilled one after another.
+        prefill = self.step("prefill", 1, prompt_len, prompt_len)
+
+        static_w = hw.figures["power_static"].value if "power_static" in hw.figures else 0.0
+        host = 0.0
+        if "host_link_latency" in hw.figures:  # the prompt in, the first token out
+            host = 2 * hw["host_link_latency"] + 4 * (prompt_len + 1) / hw["host_link_bandwidth"]
+        activations = max(s.peak_activation_bytes for s in (self.last_decode, prefill, full))
+        is_lpu = hw.kind == "lpu"
+        return {
+            "hardware": hw.name,
+            "chips": chips, "tp": layout.tp, "pp": layout.pp,
+            "decode": {
+                "cycles_per_token": (round(sum(s.ticks for s in steps) / len(steps))
+                                     if is_lpu else None),
+                "latency_per_token_s": mean_s,
+                "tokens_per_s": 1 / mean_s,
+                "context_positions": [positions[0] + 1, positions[-1] + 1],
+                "bottleneck": self.last_decode.bottleneck(),
+                "utilization": {u: round(v, 4)
+                                for u, v in self.last_decode.utilization().items()},
+                "operations": self.last_decode.operations(),
+            },
+            "pipeline_full": {
+                "micro_batch": micro, "streams": micro * layout.pp,
+                "cycles_per_tick": full.ticks if is_lpu else None,
+                "tokens_per_s": micro / full.seconds,
+            },
+            "time_to_first_token_s": prefill.seconds + host,
+            "prefill": {"prompt_tokens": prompt_len,
+                        "cycles": prefill.ticks if is_lpu else None,
+                        "seconds": prefill.seconds, "bottleneck": prefill.bottleneck()},
+            "memory_per_chip": self._memory_plan(batch, context, activations),
+            "energy_per_token_j": {
+                "single_stream": lone.energy_pj * chips * 1e-12 + static_w * chips * mean_s,
+                "pipeline_full": (full.energy_pj * chips * 1e-12 / micro
+                                  + static_w * chips * full.seconds / micro),
+            },
+            "estimates_used": hw.estimates(),
+            "scheduling_s": round(self.scheduling_s, 3),
+        }
+
+    def _memory_plan(self, batch: int, context: int, activations: int) -> dict:
+        """Bytes per chip against the chip's memory (activations: the schedules' peak). The
+        chips needed, when it does not fit, assume the same activation bytes."""
+        d = self.deployment
+        memory = "SRAM" if d.hardware.kind == "lpu" else "HBM"
+        capacity = d.hardware[memory.lower()]
+        weights = self.memory.weights(d.layout)
+        kv = self.memory.kv_cache(d.layout, batch, context)
+        total = weights + kv + activations
+        plan = {"memory": memory, "weights_bytes": weights, "kv_cache_bytes": kv,
+                "activations_bytes": activations, "total_bytes": total,
+                "capacity_bytes": int(capacity), "fits": total <= capacity, "context": context,
+                "sequences": batch}
+        if total > capacity and d.hardware.kind == "lpu":  # GPU configs model one GPU
+            needed = self.memory.chips_needed(capacity, batch, context, activations)
+            plan["chips_needed"] = (None if needed is None else
+                                    {"chips": needed.num_chips, "tp": needed.tp, "pp": needed.pp})
+        return plan
+
+
+def describe(emulated: dict) -> str:
+    """One line for a terminal."""
+    e, dec, memory = emulated, emulated["decode"], emulated["memory_per_chip"]
+    cycles = f"{dec['cycles_per_token']:,} cycles = " if dec["cycles_per_token"] else ""
+    fits = "fits" if memory["fits"] else "does NOT fit"
+    needed = memory.get("chips_needed")
+    if needed:
+        fits += f"; needs {needed['chips']} chips, e.g. --tp {needed['tp']} --pp {needed['pp']}"
+    return (f"{e['hardware']}, {e['chips']} chip(s) (tp {e['tp']}, pp {e['pp']}): decode "
+            f"{cycles}{dec['latency_per_token_s'] * 1e6:,.1f} us/token, "
+            f"{dec['tokens_per_s']:,.0f} tokens/s one stream, "
+            f"{e['pipeline_full']['tokens_per_s']:,.0f} with the pipeline full; first token "
+            f"{e['time_to_first_token_s'] * 1e3:,.3f} ms; bottleneck {dec['bottleneck']}; "
+            f"{memory['memory']}/chip {memory['total_bytes'] / 1e6:,.1f} of "
+            f"{memory['capacity_bytes'] / 1e6:,.1f} MB "
+            f"({fits}); {e['energy_per_token_j']['single_stream'] * 1e3:,.3f} mJ/token")

@@ -1,0 +1,59 @@
+"""A schedule as a Chrome / Perfetto trace (JSON): a process per chip, a thread per unit slot.
+
+Loads in ui.perfetto.dev or chrome://tracing. Times are microseconds of emulated hardware time.
+Loop bodies are unrolled trip by trip. Every chip runs the same program, so when all chips'
+events together would pass MAX_EVENTS, only the first chips are written (the result says how
+many).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Iterator
+
+from lpu_jax.lpu.scheduler import Event, Schedule
+
+MAX_EVENTS = 2_000_000
+
+
+def _flat(schedule: Schedule, offset: int = 0) -> Iterator[Event]:
+    """Every operation with a unit, loop bodies unrolled, at absolute ticks."""
+    for event in schedule.events:
+        if event.body is None:
+            yield Event(event.name, event.unit, event.slot, offset + event.start,
+                        offset + event.end, event.detail)
+            continue
+        for trip in range(event.trips):
+            yield from _flat(event.body, offset + event.start + trip * event.body.ticks)
+
+
+def _count(schedule: Schedule) -> int:
+    return sum(e.trips * _count(e.body) if e.body else 1 for e in schedule.events)
+
+
+def write_trace(schedule: Schedule, out: IO[str], title: str = "") -> int:
+    """Write the trace to `out`; returns how many chips it shows."""
+    per_chip = max(_count(schedule), 1)
+    chips = max(1, min(schedule.chips, MAX_EVENTS // per_chip))
+    us = schedule.tick_s * 1e6
+    tracks = sorted({(e.unit, e.slot) for e in _flat(schedule)})
+    track_id = {track: index for index, track in enumerate(tracks)}
+    events = []
+    for chip in range(chips):
+        events.append({"ph": "M", "name": "process_name", "pid": chip,
+                       "args": {"name": f"chip {chip}" + (f" ({title})" if title else "")}})
+        for (unit, slot), tid in track_id.items():
+            events.append({"ph": "M", "name": "thread_name", "pid": chip, "tid": tid,
+                           "args": {"name": f"{unit} {slot}"}})
+            events.append({"ph": "M", "name": "thread_sort_index", "pid": chip, "tid": tid,
+                           "args": {"sort_index": tid}})
+    out.write('{"displayTimeUnit": "ns", "traceEvents": [\n')
+    out.write(",\n".join(json.dumps(e) for e in events))
+    for chip in range(chips):
+        for e in _flat(schedule):
+            record = {"ph": "X", "name": e.name, "pid": chip, "tid": track_id[(e.unit, e.slot)],
+                      "ts": e.start * us, "dur": (e.end - e.start) * us,
+                      "args": {"start_tick": e.start, "end_tick": e.end, "cost": e.detail}}
+            out.write(",\n" + json.dumps(record))
+    out.write("\n]}\n")
+    return chips
