@@ -81,6 +81,10 @@ class ModelConfig:
     def from_hf_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
         """Build from a config.json dict (transformers 4.x or 5.x spelling), refusing the unhandled."""
         model_type = raw.get("model_type")
+        if raw.get("num_local_experts"):
+            raise UserError(f"{model_type!r} is a mixture of experts ({raw['num_local_experts']} "
+                            "experts per layer): lpu_jax has no expert parallelism yet, so it "
+                            "neither runs nor estimates MoE models")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UserError(f"unsupported model_type {model_type!r}: lpu_jax runs "
                             f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama-architecture) checkpoints")

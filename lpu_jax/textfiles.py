@@ -29,20 +29,20 @@ def _read(path: Path, loads, decode_error: type[Exception], kind: str) -> Any:
         raise UserError(f"{path}: not valid {kind} ({e})") from None
 
 
-def shipped(folder: str) -> list[str]:
+def shipped(folder: str, suffix: str = ".toml") -> list[str]:
     """Names of the shipped configs in configs/<folder>."""
-    return sorted(p.stem for p in _configs(folder).glob("*.toml"))
+    return sorted(p.stem for p in _configs(folder).glob(f"*{suffix}"))
 
 
-def shipped_or_path(folder: str, name_or_path: str, what: str) -> Path:
-    """A shipped configs/<folder>/<name>.toml by name, or any .toml file by path."""
+def shipped_or_path(folder: str, name_or_path: str, what: str, suffix: str = ".toml") -> Path:
+    """A shipped configs/<folder>/<name><suffix> by name, or any <suffix> file by path."""
     path = Path(name_or_path)
-    if path.suffix == ".toml":
+    if path.suffix == suffix:
         return path
-    path = _configs(folder) / f"{name_or_path}.toml"
+    path = _configs(folder) / f"{name_or_path}{suffix}"
     if not path.exists():
         raise UserError(f"unknown {what} {name_or_path!r}; shipped: "
-                        f"{', '.join(shipped(folder))}, or pass a .toml file")
+                        f"{', '.join(shipped(folder, suffix))}, or pass a {suffix} file")
     return path
 
 

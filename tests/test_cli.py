@@ -28,10 +28,19 @@ def assert_user_error(result: subprocess.CompletedProcess, message: str):
 def test_json_output_and_dumped_logits(tiny_checkpoints, tmp_path):
     path = tiny_checkpoints.get("gqa")
     result = generate("--model", str(path), "--prompt_ids", "5,6,7,8", "--max_new_tokens", "6",
-                      "--json", "--dump_logits", str(tmp_path / "logits.npy"))
+                      "--json", "--dump_logits", str(tmp_path / "logits.npy"),
+                      "--trace", str(tmp_path / "trace.json"))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert set(out) >= {"text", "tokens", "wall", "precision"}
+    assert set(out) >= {"text", "tokens", "wall", "precision", "emulated"}
+    emulated = out["emulated"]
+    assert emulated["hardware"] == "lpu-v1" and emulated["chips"] == 1
+    # Decode steps at positions 4..8 see 5..9 cached positions.
+    assert emulated["decode"]["context_positions"] == [5, 4 + len(out["tokens"]) - 1]
+    assert emulated["decode"]["cycles_per_token"] > 0 and emulated["memory_per_chip"]["fits"]
+    assert emulated["prefill"]["prompt_tokens"] == 4
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert any(e["ph"] == "X" and e["tid"] is not None for e in trace["traceEvents"])
     assert out["precision"]["recipe"] == "f32" and out["precision"]["ratio_to_f32"] == 1.0
     assert len(out["tokens"]) == out["wall"]["decode_tokens"] + 1
     assert set(out["wall"]) >= {"load_s", "compile_s", "prefill_s", "decode_s",
@@ -124,6 +133,9 @@ def test_damaged_checkpoints_are_named(broken, damage, message):
     (["--prompt", "hi", "--precision", "int3"], "unknown precision recipe 'int3'; shipped: bf16"),
     (["--prompt", "hi", "--precision", "/no/such/recipe.toml"], "recipe.toml: no such file"),
     (["--prompt", "hi", "--execution", "fast"], "execution"),
+    (["--prompt", "hi", "--hardware", "tpu-v9"], "unknown hardware 'tpu-v9'"),
+    (["--prompt", "hi", "--trace", "/no/such/dir/t.json"], "--trace: directory /no/such/dir"),
+    (["--prompt", "hi", "--hardware", "h100", "--tp", "3"], "the h100 config models one GPU"),
     (["--prompt", "hi", "--num_processes", "2", "--process_id", "2", "--coordinator", "h:1"],
      "--process_id must be in [0, 2)"),
 ])
@@ -154,6 +166,8 @@ def test_a_batch_of_prompts_decodes_with_the_pipeline_full(tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["chips"]["pp"] == 2 and "Paris" in out["batch"][0]["text"]
+    ring = out["emulated"]["pipeline_full"]
+    assert ring["streams"] == 2 and ring["tokens_per_s"] > out["emulated"]["decode"]["tokens_per_s"]
     singles = [json.loads(generate("--prompt", q, "--chat", "--json", "--max_new_tokens",
                                    "12").stdout) for q in questions]
     assert [b["tokens"] for b in out["batch"]] == [s["tokens"] for s in singles]
@@ -176,3 +190,12 @@ def test_precision_recipe_from_the_command_line(tiny_checkpoints, tmp_path):
         report = json.loads(result.stdout)["precision"]
         assert report["recipe"] == Path(precision).stem
         assert report["ratio_to_f32"] < most and report["execution"] == "f32-copy"
+
+
+def test_emulated_figures_on_a_gpu_config(tiny_checkpoints):
+    result = generate("--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", "5,6,7",
+                      "--max_new_tokens", "3", "--hardware", "h100", "--json")
+    assert result.returncode == 0, result.stderr
+    emulated = json.loads(result.stdout)["emulated"]
+    assert emulated["hardware"] == "h100" and emulated["decode"]["cycles_per_token"] is None
+    assert emulated["memory_per_chip"]["memory"] == "HBM" and emulated["decode"]["tokens_per_s"] > 0

@@ -97,7 +97,8 @@ def run(main: Callable[[], None]) -> None:
 
     # --help lists the flags registered under the running program's name; console scripts run a
     # wrapper, so name this command's flags and the shared ones for it.
-    for module in (__name__, main.__module__):
+    modules = [m for m in flags.FLAGS.flags_by_module_dict() if m.startswith("lpu_jax.cli")]
+    for module in modules + [main.__module__]:
         for flag in flags.FLAGS.get_flags_for_module(module):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(guarded, flags_parser=_parse_flags)

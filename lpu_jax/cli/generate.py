@@ -10,7 +10,7 @@ from pathlib import Path
 
 from absl import flags
 
-from lpu_jax.cli import common
+from lpu_jax.cli import common, emulated
 from lpu_jax.errors import UserError
 
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "Prompt as comma-separated token ids, "
@@ -103,6 +103,7 @@ def main() -> None:
         raise UserError(f"--max_new_tokens must be >= 1, got {common.MAX_NEW_TOKENS.value}")
     dump_path = (common.check_output_path(_DUMP_LOGITS.value, "--dump_logits")
                  if _DUMP_LOGITS.value else None)
+    trace_path = emulated.trace_path()
     if all(f.value is None for f in (common.PROMPT, _PROMPT_IDS, _PROMPTS_FILE)):
         raise UserError("pass --prompt TEXT (or --prompt_ids 1,2,3, or --prompts_file FILE)")
 
@@ -120,7 +121,11 @@ def main() -> None:
     from lpu_jax.checkpoint import load_model
     from lpu_jax.chips.layout import Layout
     from lpu_jax.engine.generate import Engine
+    from lpu_jax.lpu.deployment import CycleModel, Deployment
+    from lpu_jax.lpu.hardware import load_hardware
     from lpu_jax.tokenizer import IncrementalDecoder
+
+    hardware = load_hardware(emulated.HARDWARE.value)
 
     start = time.perf_counter()
     model = load_model(common.MODEL.value)
@@ -130,6 +135,8 @@ def main() -> None:
         raise UserError("--dump_logits takes a single prompt, not --prompts_file")
     engine = Engine(model, sampling, Layout(tp=_TP.value, pp=_PP.value), fold=_FOLD.value,
                     precision=_PRECISION.value, execution=_EXECUTION.value)
+    cycle_model = CycleModel(Deployment(model.config, engine.layout, engine.precision, hardware,
+                                        sampling))
     speaks = _PROCESS_ID.value == 0
 
     if is_batch:
@@ -152,17 +159,30 @@ def main() -> None:
         import numpy as np
 
         common.write_atomically(dump_path, lambda f: np.save(f, results[0].logits))
-    report(model, engine, prompts, results, is_batch)
+    figures = emulate(cycle_model, prompts, results)
+    if trace_path is not None:
+        emulated.save_trace(cycle_model.last_decode, trace_path,
+                            f"decode, {hardware.name}, tp={_TP.value} pp={_PP.value}")
+    report(model, engine, prompts, results, is_batch, figures)
 
 
-def report(model, engine, prompts, results, is_batch: bool) -> None:
+def emulate(cycle_model, prompts, results) -> dict:
+    """The emulated figures of this run: its prompt lengths, its decode positions, its context."""
+    first, prompt_len = results[0], max(len(p) for p in prompts)
+    positions = list(range(len(prompts[0]), len(prompts[0]) + len(first.tokens) - 1))
+    context = max(len(p) + len(r.tokens) for p, r in zip(prompts, results))
+    return cycle_model.report(prompt_len, positions, batch=len(prompts), context=context)
+
+
+def report(model, engine, prompts, results, is_batch: bool, figures: dict) -> None:
     decode = model.tokenizer.decode if model.tokenizer else lambda ids: None
     outputs = [{"text": decode(r.tokens), "tokens": r.tokens, "prompt_tokens": len(p),
                 "finish_reason": r.finish_reason} for p, r in zip(prompts, results)]
     wall = results[0].wall
     if common.JSON.value:
         common_fields = {"model": model.source, "chips": engine.placement.describe(),
-                         "precision": engine.weight_report(), "wall": wall.as_dict()}
+                         "precision": engine.weight_report(), "wall": wall.as_dict(),
+                         "emulated": figures}
         body = {"batch": outputs} if is_batch else outputs[0]
         print(json.dumps({**body, **common_fields}))
         return
@@ -185,6 +205,9 @@ def report(model, engine, prompts, results, is_batch: bool) -> None:
     print(f"[wall] load {wall.load_s:.2f} s, compile {wall.compile_s:.2f} s, prefill "
           f"{prompt_tokens} tokens {wall.prefill_s:.3f} s, decode {wall.decode_tokens} tokens "
           f"{wall.decode_s:.2f} s ({wall.decode_tokens_per_s:.1f} tokens/s)", file=sys.stderr)
+    from lpu_jax.lpu.deployment import describe
+
+    print(f"[emulated] {describe(figures)}", file=sys.stderr)
 
 
 def run() -> None:

@@ -1,0 +1,124 @@
+"""lpu-estimate: what a deployment would do on the hardware, from a model's config alone.
+
+No weights are read: the per-chip program is traced with abstract shapes and scheduled by the
+cycle model, so models far bigger than this machine can be sized. --tp and --pp take lists, and
+every combination is one row: sweeping the chip count is one flag away.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import flags
+
+from lpu_jax.cli import common, emulated
+from lpu_jax.errors import UserError
+
+_CONFIG = flags.DEFINE_string("config", None, "A Hugging Face config.json, or a name from "
+                              "configs/models (e.g. Llama-2-7b-hf, Meta-Llama-3-8B).")
+_TP = flags.DEFINE_list("tp", ["1"], "Tensor-parallel chips per stage; a list sweeps them, "
+                        "e.g. 1,2,4,8.")
+_PP = flags.DEFINE_list("pp", ["1"], "Pipeline stages; a list sweeps them, e.g. 8,16,32.")
+_PRECISION = flags.DEFINE_string("precision", "int8-exact", "Precision recipe (name or .toml). "
+                                 "int8-exact (int8 weights and activations, int32 sums) is the "
+                                 "MXM's int8 mode; bf16 its fp16 mode.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "Prompt tokens, for the time to first "
+                                   "token.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "Tokens decoded after the prompt; decode "
+                                   "figures average over their positions.")
+_CONTEXT = flags.DEFINE_integer("context", None, "Positions of KV cache each sequence reserves "
+                                "in SRAM (default: prompt_len + new_tokens).")
+_BATCH = flags.DEFINE_integer("batch", None, "Sequences decoded together with the pipeline full, "
+                              "a multiple of pp (default: pp, one per stage).")
+
+
+def _integers(values: list[str], flag: str) -> list[int]:
+    try:
+        numbers = [int(v) for v in values]
+    except ValueError:
+        given = ",".join(values)
+        raise UserError(f"--{flag} takes comma-separated integers, got {given!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise UserError(f"--{flag} values must be >= 1")
+    return numbers
+
+
+def _model_config(name_or_path: str):
+    from lpu_jax.config import ModelConfig
+    from lpu_jax.textfiles import shipped_or_path
+
+    return ModelConfig.from_json_file(shipped_or_path("models", name_or_path, "model config",
+                                                     ".json"))
+
+
+def main() -> None:
+    if _CONFIG.value is None:
+        raise UserError("pass --config (a config.json, or a name from configs/models)")
+    tps, pps = _integers(_TP.value, "tp"), _integers(_PP.value, "pp")
+    if _PROMPT_LEN.value < 1 or _NEW_TOKENS.value < 1:
+        raise UserError("--prompt_len and --new_tokens must be >= 1")
+    trace_path = emulated.trace_path()
+    if trace_path is not None and len(tps) * len(pps) > 1:
+        raise UserError("--trace takes one deployment: give --tp and --pp one value each")
+    config = _model_config(_CONFIG.value)
+    from lpu_jax.chips.layout import Layout
+    from lpu_jax.lpu.deployment import CycleModel, Deployment, describe
+    from lpu_jax.lpu.hardware import load_hardware
+    from lpu_jax.numerics.recipe import load_recipe
+
+    hardware, recipe = load_hardware(emulated.HARDWARE.value), load_recipe(_PRECISION.value)
+    prompt_len, new_tokens = _PROMPT_LEN.value, _NEW_TOKENS.value
+    context = _CONTEXT.value or prompt_len + new_tokens
+    if context > config.max_position_embeddings or prompt_len + new_tokens > context:
+        raise UserError(f"prompt_len + new_tokens = {prompt_len + new_tokens} and --context "
+                        f"{context} must fit the model's context of "
+                        f"{config.max_position_embeddings} positions, in that order")
+    rows = []
+    for tp in tps:
+        for pp in pps:
+            layout = Layout(tp=tp, pp=pp)
+            batch = _BATCH.value or pp
+            if batch % pp:
+                raise UserError(f"--batch {batch} does not split into {pp} equal micro-batches")
+            model = CycleModel(Deployment(config, layout, recipe, hardware))
+            positions = sorted({prompt_len, prompt_len + new_tokens - 1})
+            rows.append(model.report(prompt_len, positions, batch, context))
+            if trace_path is not None:
+                emulated.save_trace(model.last_decode, trace_path,
+                                    f"decode, {hardware.name}, tp={tp} pp={pp}")
+    single = len(rows) == 1
+    if single and not rows[0]["memory_per_chip"]["fits"]:
+        raise UserError(_does_not_fit(rows[0], _CONFIG.value, hardware.name))
+    if common.JSON.value:
+        header = {"config": _CONFIG.value, "precision": recipe.name, "prompt_len": prompt_len,
+                  "new_tokens": new_tokens}
+        print(json.dumps({**header, **rows[0]} if single else {**header, "deployments": rows}))
+        return
+    for row in rows:
+        print(describe(row))
+    if not single and not any(r["memory_per_chip"]["fits"] for r in rows):
+        print(_does_not_fit(rows[-1], _CONFIG.value, hardware.name), file=sys.stderr)
+
+
+def _does_not_fit(row: dict, model: str, hardware: str) -> str:
+    memory = row["memory_per_chip"]
+    needed = memory.get("chips_needed")
+    if "chips_needed" not in memory:
+        advice = "this config models one GPU; choose a smaller recipe or context"
+    elif needed is None:
+        advice = "no layout fits: even one layer per stage is too big"
+    else:
+        advice = (f"it needs at least {needed['chips']} chips, e.g. --tp {needed['tp']} "
+                  f"--pp {needed['pp']}")
+    return (f"{model} does not fit {row['chips']} {hardware} chip(s) at tp={row['tp']} "
+            f"pp={row['pp']}: {memory['total_bytes'] / 1e6:,.0f} MB per chip against "
+            f"{memory['capacity_bytes'] / 1e6:,.0f} MB; {advice}")
+
+
+def run() -> None:
+    common.run(main)
+
+
+if __name__ == "__main__":
+    run()

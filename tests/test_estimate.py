@@ -1,0 +1,59 @@
+"""lpu-estimate: deployments sized from a config alone, and its one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_cli import assert_user_error
+
+
+def estimate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lpu_jax.cli.estimate", *args],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=600)
+
+
+def test_a_sweep_of_pipeline_depths_for_llama_2_7b():
+    result = estimate("--config", "Llama-2-7b-hf", "--tp", "8", "--pp", "4,8", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    shallow, deep = out["deployments"]
+    assert (shallow["chips"], deep["chips"]) == (32, 64)
+    # int8 weights: about 6.7 GB over 64 chips, plus the KV cache and activations.
+    assert 6.7e9 / 64 < deep["memory_per_chip"]["weights_bytes"] < 1.1 * 6.7e9 / 64
+    assert deep["memory_per_chip"]["fits"] and not shallow["memory_per_chip"]["fits"]
+    assert shallow["memory_per_chip"]["chips_needed"]["chips"] > 32
+    assert deep["pipeline_full"]["tokens_per_s"] > shallow["pipeline_full"]["tokens_per_s"]
+    assert deep["decode"]["bottleneck"] in {"MXM", "VXM", "SXM", "MEM", "C2C"}
+
+
+def test_the_gpu_roofline_reads_every_weight_once_per_token():
+    result = estimate("--config", "Llama-2-7b-hf", "--hardware", "h100", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    weights = out["memory_per_chip"]["weights_bytes"]
+    assert out["decode"]["latency_per_token_s"] == pytest.approx(weights / 3.35e12, rel=0.05)
+
+
+def test_trace_of_one_deployment(tmp_path):
+    trace = tmp_path / "smollm2.json"
+    result = estimate("--config", "SmolLM2-135M-Instruct", "--tp", "3", "--trace", str(trace))
+    assert result.returncode == 0, result.stderr
+    assert "lpu-v1, 3 chip(s) (tp 3, pp 1)" in result.stdout
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert {e["pid"] for e in events if e["ph"] == "X"} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "Llama-2-7b-hf", "--tp", "8"], "it needs at least"),
+    (["--config", "Mixtral-8x7B-v0.1"], "mixture of experts"),
+    (["--config", "Llama-2-7b-hf", "--pp", "1,x"], "--pp takes comma-separated integers"),
+    (["--config", "Llama-2-7b-hf", "--pp", "2,4", "--trace", "t.json"], "--trace takes one"),
+    (["--config", "no-such-model"], "unknown model config 'no-such-model'"),
+    ([], "pass --config"),
+    (["--config", "Llama-2-7b-hf", "--context", "9000"], "must fit the model's context of 4096"),
+])
+def test_bad_input_gets_one_line(args, message):
+    assert_user_error(estimate(*args), message)
