@@ -92,10 +92,14 @@ def test_ppermute_one_hop_and_across_nodes():
     one_hop = schedule(lambda a: jax.lax.ppermute(a, "pp", [(0, 1), (1, 0)]), x,
                        axes=(("pp", 2),))
     assert one_hop.ticks == math.ceil(link_cycles(12800, 1))
-    # 16 chips in a row: chip 7 and chip 8 sit in different nodes of 8, one rack: 3 hops.
+    # 16 chips in a row: chip 7 and chip 8 sit in different nodes of 8, in one rack.
     ring = [(i, (i + 1) % 16) for i in range(16)]
     far = schedule(lambda a: jax.lax.ppermute(a, "pp", ring), x, axes=(("pp", 16),))
-    assert far.ticks == math.ceil(link_cycles(12800, 3))
+    assert far.ticks == math.ceil(link_cycles(12800, LPU["rack_hops"]))
+    # 80 chips: chip 71 and chip 72 sit in different racks: the dragonfly's longest path.
+    ring = [(i, (i + 1) % 80) for i in range(80)]
+    farther = schedule(lambda a: jax.lax.ppermute(a, "pp", ring), x, axes=(("pp", 80),))
+    assert farther.ticks == math.ceil(link_cycles(12800, LPU["max_hops"]))
 
 
 def test_psum_inside_a_node():

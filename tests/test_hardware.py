@@ -26,7 +26,7 @@ def test_lpu_v1_figures_agree_with_each_other():
     assert sorted(lpu.estimates()) == [
         "c2c_hop_latency", "energy_c2c_byte", "energy_fp16_mac", "energy_int8_mac",
         "energy_sram_byte", "energy_vxm_op", "mem_latency", "mxm_latency", "power_static",
-        "sxm_latency", "vxm_latency"]
+        "rack_hops", "sxm_latency", "vxm_latency"]
     # The energy estimates stay within the chip's power: all MACs busy at the int8 rate.
     mxm_watts = lpu["mxm_int8_macs"] * lpu["clock"] * lpu["energy_int8_mac"] * 1e-12
     assert mxm_watts + lpu["power_static"] < lpu["power_typical"]

@@ -17,6 +17,9 @@ LPU (one tick = one clock cycle):
 - SXM, transposes, gathers, concatenation, padding: one 320-byte vector per cycle on either SXM.
 - MEM, explicit reads and writes (slices, cache updates): the bytes over every slice's banks.
 - C2C, collectives: see lpu/topology.py.
+The instruction stagger (superlane i starts one cycle after superlane i-1) is not added per
+operation: dependent operations pipeline across the superlanes, so it delays a chain once, by
+under 20 cycles.
 
 GPU (one tick = one nanosecond): a roofline. A matrix product takes the longer of its HBM bytes
 (operands in their storage dtypes, result) at the HBM bandwidth and its FLOPs at the bf16 matrix

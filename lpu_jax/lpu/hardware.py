@@ -25,7 +25,7 @@ UNITS = {
         "vxm_latency": "cycles", "sxm_units": "units", "sxm_latency": "cycles",
         "mem_latency": "cycles", "c2c_links": "links", "c2c_global_links": "links",
         "c2c_link_bandwidth": "B/s", "c2c_vector": "B", "c2c_hop_latency": "cycles",
-        "c2c_framing_overhead": "fraction", "chips_per_node": "chips", "nodes_per_rack": "nodes",
+        "c2c_framing_overhead": "fraction", "chips_per_node": "chips", "nodes_per_rack": "nodes", "rack_hops": "hops",
         "max_hops": "hops", "host_link_bandwidth": "B/s", "host_link_latency": "s",
         "power_typical": "W", "power_static": "W", "energy_int8_mac": "pJ/MAC",
         "energy_fp16_mac": "pJ/MAC", "energy_vxm_op": "pJ/op", "energy_sram_byte": "pJ/B",

@@ -3,9 +3,8 @@ collective over some chip axes costs on the C2C links.
 
 Chips are numbered along the deployment's axes, major first (for lpu-generate: chip = stage * tp +
 tp index), and packed into nodes of `chips_per_node` fully connected chips and racks of
-`nodes_per_rack` nodes. Two chips of one node are 1 hop apart; of one rack, up to 3 hops (a local
-link to a chip with a global link into the other node, the global link, a local link: an estimate
-from the node and rack wiring); anywhere else, the dragonfly's `max_hops`.
+`nodes_per_rack` nodes. Two chips of one node are 1 hop apart; of one rack, `rack_hops` (an
+estimate from the node and rack wiring); anywhere else, the dragonfly's `max_hops`.
 
 Collectives are scheduled by the compiler over direct links, with no arbitration:
 - all-reduce (psum, pmax, pmin) takes the cheaper of one phase (every chip sends its whole
@@ -50,7 +49,8 @@ class Network:
         node = int(self.hw["chips_per_node"])
         rack = node * int(self.hw["nodes_per_rack"])
         return np.where(a == b, 0, np.where(a // node == b // node, 1,
-                                            np.where(a // rack == b // rack, 3,
+                                            np.where(a // rack == b // rack,
+                                                     int(self.hw["rack_hops"]),
                                                      int(self.hw["max_hops"]))))
 
     def _groups(self, axis_names: tuple[str, ...]) -> np.ndarray:
