@@ -121,11 +121,12 @@ def main() -> None:
     from lpu_jax.checkpoint import load_model
     from lpu_jax.chips.layout import Layout
     from lpu_jax.engine.generate import Engine
-    from lpu_jax.lpu.deployment import CycleModel, Deployment
+    from lpu_jax.lpu.deployment import CycleModel, Deployment, check_chips
     from lpu_jax.lpu.hardware import load_hardware
     from lpu_jax.tokenizer import IncrementalDecoder
 
     hardware = load_hardware(emulated.HARDWARE.value)
+    check_chips(hardware, Layout(tp=_TP.value, pp=_PP.value))
 
     start = time.perf_counter()
     model = load_model(common.MODEL.value)

@@ -106,14 +106,19 @@ class MemoryPlan:
         return best
 
 
+def check_chips(hardware: HardwareSpec, layout: Layout) -> None:
+    """GPU configs are a roofline of one GPU: they take no chip-to-chip network."""
+    if hardware.kind == "gpu" and layout.num_chips > 1:
+        raise UserError(f"the {hardware.name} config models one GPU: use --tp 1 --pp 1")
+
+
 class CycleModel:
     """Schedules one deployment's per-chip steps; cached per shape."""
 
     def __init__(self, deployment: Deployment):
         d = self.deployment = deployment
         d.layout.check(d.config)
-        if d.hardware.kind == "gpu" and d.layout.num_chips > 1:
-            raise UserError(f"the {d.hardware.name} config models one GPU: use --tp 1 --pp 1")
+        check_chips(d.hardware, d.layout)
         self.lanes = int(d.hardware["lanes"]) if d.hardware.kind == "lpu" else 1
         self._precision = d.recipe.with_kernel("xla")  # the plain-JAX twin of any kernel
         self._params = None

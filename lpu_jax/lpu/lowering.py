@@ -143,6 +143,8 @@ class Lowering:
     def __init__(self, costs, network: Network):
         self.costs = costs
         self.network = network
+        # Calls lowered once per body and input kinds (a model's identical layers), spliced in.
+        self._templates: dict[tuple, tuple[list[Node], list[_Value], int]] = {}
 
     def lower(self, jaxpr: core.Jaxpr, consts, constant_inputs: list[bool]) -> Graph:
         """constant_inputs marks the inputs that are weights (stored in SRAM before it runs)."""
@@ -263,7 +265,7 @@ class Lowering:
         if len(jaxpr.invars) != len(ins):
             raise ScheduleError(f"cannot follow the body of {eqn.primitive.name!r}")
         if eqn.primitive.name != "shard_map":
-            return self._lower_into(jaxpr, consts, ins, nodes)
+            return self._splice(jaxpr, consts, ins, nodes)
         # The body runs on each device of the mesh: those are the chips its collectives span.
         mesh = eqn.params["mesh"]
         outer, self.network = self.network, Network(self.network.hw, tuple(mesh.shape.items()))
@@ -271,6 +273,30 @@ class Lowering:
             return self._lower_into(jaxpr, consts, ins, nodes)
         finally:
             self.network = outer
+
+    def _splice(self, jaxpr, consts, ins: list[_Value], nodes) -> tuple[list[_Value], int]:
+        """Inline a call body. It is lowered once with placeholder producers (input k's is
+        -k - 1), and each call splices a copy with the placeholders replaced."""
+        key = (id(jaxpr), tuple((v.storage, v.constant, v.fresh, v.producer is None)
+                                for v in ins))
+        if key not in self._templates:
+            template: list[Node] = []
+            placeholders = [v if v.producer is None else dataclasses.replace(v, producer=-k - 1)
+                            for k, v in enumerate(ins)]
+            outs, peak = self._lower_into(jaxpr, consts, placeholders, template)
+            self._templates[key] = (template, outs, peak)
+        template, outs, peak = self._templates[key]
+        offset = len(nodes)
+
+        def producer(p):
+            if p is None or p >= 0:
+                return None if p is None else p + offset
+            return ins[-p - 1].producer
+
+        for node in template:
+            deps = tuple(sorted({producer(d) for d in node.deps} - {None}))
+            nodes.append(dataclasses.replace(node, deps=deps))
+        return [dataclasses.replace(v, producer=producer(v.producer)) for v in outs], peak
 
     def _control(self, eqn, ins, nodes) -> tuple[list[_Value], int]:
         name, p = eqn.primitive.name, eqn.params
