@@ -173,7 +173,7 @@ class Lowering:
                 return _Value(None, np.asarray(v.val).dtype, True)
             return env[v]
 
-        # Liveness of intermediate values, for the activation peak: (defined at, bytes).
+        # Where each value is last read: from then on its bytes are free (the activation peak).
         last_use = {}
         for index, eqn in enumerate(jaxpr.eqns):
             for v in eqn.invars:
