@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lpu_jax.errors import UserError
-from lpu_jax.textfiles import read_json
+from lpu_jax.textfiles import read_json, shipped_or_path
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
@@ -132,6 +132,12 @@ class ModelConfig:
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=eos_ids,
         )
+
+    @classmethod
+    def shipped_or_file(cls, name_or_path: str) -> "ModelConfig":
+        """A config.json from configs/models by name (e.g. "Llama-2-7b-hf"), or any .json file."""
+        return cls.from_json_file(shipped_or_path("models", name_or_path, "model config",
+                                                  ".json"))
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ModelConfig":

@@ -15,7 +15,6 @@ from lpu_jax.config import ModelConfig
 from lpu_jax.lpu.deployment import CycleModel, Deployment
 from lpu_jax.lpu.hardware import load_hardware
 from lpu_jax.numerics.recipe import load_recipe
-from lpu_jax.textfiles import shipped_or_path
 
 
 def main():
@@ -25,8 +24,7 @@ def main():
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
     args = parser.parse_args()
-    config = ModelConfig.from_json_file(shipped_or_path("models", args.config, "model config",
-                                                        ".json"))
+    config = ModelConfig.shipped_or_file(args.config)
     model = CycleModel(Deployment(config, Layout(args.tp, args.pp), load_recipe(args.precision),
                                   load_hardware("lpu-v1")))
     for label, context in (("first schedule", 100), ("same shape again", 200),

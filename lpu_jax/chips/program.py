@@ -134,3 +134,19 @@ def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, see
     token, logits = _next_token(params, config, layout, sampling, precision,
                                 rms_norm(y, params.final_norm_D, config.rms_norm_eps), seed, tick)
     return token, logits, RingState(cache, held)
+
+
+STEPS = {"prefill": prefill, "decode": decode, "ring": ring_tick}
+
+
+def step_arguments(kind: str, batch: int, pp: int,
+                   prompt_len: int = 0) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """The shapes of a step's arguments between the state and the seed: prefill takes tokens
+    [batch, prompt_len] and lengths; decode a token per row and the position; a ring tick the
+    entering micro-batch's tokens, the tick and every row's position."""
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
+    if kind == "prefill":
+        return i32(batch, prompt_len), i32(batch)
+    if kind == "decode":
+        return i32(batch), i32()
+    return i32(batch // pp), i32(), i32(batch)

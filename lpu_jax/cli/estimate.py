@@ -44,14 +44,6 @@ def _integers(values: list[str], flag: str) -> list[int]:
     return numbers
 
 
-def _model_config(name_or_path: str):
-    from lpu_jax.config import ModelConfig
-    from lpu_jax.textfiles import shipped_or_path
-
-    return ModelConfig.from_json_file(shipped_or_path("models", name_or_path, "model config",
-                                                     ".json"))
-
-
 def main() -> None:
     if _CONFIG.value is None:
         raise UserError("pass --config (a config.json, or a name from configs/models)")
@@ -61,7 +53,9 @@ def main() -> None:
     trace_path = emulated.trace_path()
     if trace_path is not None and len(tps) * len(pps) > 1:
         raise UserError("--trace takes one deployment: give --tp and --pp one value each")
-    config = _model_config(_CONFIG.value)
+    from lpu_jax.config import ModelConfig
+
+    config = ModelConfig.shipped_or_file(_CONFIG.value)
     from lpu_jax.chips.layout import Layout
     from lpu_jax.lpu.deployment import CycleModel, Deployment, describe
     from lpu_jax.lpu.hardware import load_hardware

@@ -125,8 +125,9 @@ def main() -> None:
     from lpu_jax.lpu.hardware import load_hardware
     from lpu_jax.tokenizer import IncrementalDecoder
 
+    layout = Layout(tp=_TP.value, pp=_PP.value)
     hardware = load_hardware(emulated.HARDWARE.value)
-    check_chips(hardware, Layout(tp=_TP.value, pp=_PP.value))
+    check_chips(hardware, layout)  # before the model loads; CycleModel checks it too
 
     start = time.perf_counter()
     model = load_model(common.MODEL.value)
@@ -134,7 +135,7 @@ def main() -> None:
     prompts, is_batch = prompt_batch(model.tokenizer)
     if is_batch and dump_path is not None:
         raise UserError("--dump_logits takes a single prompt, not --prompts_file")
-    engine = Engine(model, sampling, Layout(tp=_TP.value, pp=_PP.value), fold=_FOLD.value,
+    engine = Engine(model, sampling, layout, fold=_FOLD.value,
                     precision=_PRECISION.value, execution=_EXECUTION.value)
     cycle_model = CycleModel(Deployment(model.config, engine.layout, engine.precision, hardware,
                                         sampling))

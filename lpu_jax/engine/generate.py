@@ -172,20 +172,12 @@ class Engine:
         if key in self._compiled:
             return self._compiled[key], 0.0
         start = time.perf_counter()
-        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
-        if kind == "prefill":
-            step, make_state = program.prefill, self._empty_cache
-            args = (i32(batch, prompt_len), i32(batch))
-        elif kind == "decode":
-            step, make_state = program.decode, self._empty_cache
-            args = (i32(batch), i32())
-        else:
-            step, make_state = program.ring_tick, self._empty_ring
-            args = (i32(batch // self.layout.pp), i32(), i32(batch))
+        args = program.step_arguments(kind, batch, self.layout.pp, prompt_len)
+        make_state = self._empty_ring if kind == "ring" else self._empty_cache
         state = make_state(batch, cache_len)  # also the warm-up's input, below
         abstract_state = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
-        fn = functools.partial(step, config=self.model.config, layout=self.layout,
+        fn = functools.partial(program.STEPS[kind], config=self.model.config, layout=self.layout,
                                sampling=self.sampling, precision=self.precision)
         on_chips = self.placement.run_per_chip(fn, num_replicated_outputs=2)
         compiled = jax.jit(on_chips, donate_argnums=(1,)).lower(

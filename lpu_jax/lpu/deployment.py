@@ -155,20 +155,15 @@ class CycleModel:
             return self._schedules[key]
         start = time.perf_counter()
         d = self.deployment
-        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
-        cache = self._cache(batch, length)
-        if kind == "prefill":
-            fn, state, args = program.prefill, cache, (i32(batch, prompt_len), i32(batch))
-        elif kind == "decode":
-            fn, state, args = program.decode, cache, (i32(batch), i32())
-        else:
-            micro = batch // d.layout.pp
-            held = jax.ShapeDtypeStruct((micro, 1, d.config.hidden_size), jnp.float32)
-            fn, state = program.ring_tick, program.RingState(cache, held)
-            args = (i32(micro), i32(), i32(batch))
-        step_fn = functools.partial(fn, config=d.config, layout=d.layout, sampling=d.sampling,
-                                    precision=self._precision)
-        result = schedule(step_fn, self._chip_params(), state, *args, i32(),
+        state = self._cache(batch, length)
+        if kind == "ring":
+            held = (batch // d.layout.pp, 1, d.config.hidden_size)
+            state = program.RingState(state, jax.ShapeDtypeStruct(held, jnp.float32))
+        args = program.step_arguments(kind, batch, d.layout.pp, prompt_len)
+        step_fn = functools.partial(program.STEPS[kind], config=d.config, layout=d.layout,
+                                    sampling=d.sampling, precision=self._precision)
+        seed = jax.ShapeDtypeStruct((), jnp.int32)
+        result = schedule(step_fn, self._chip_params(), state, *args, seed,
                           hardware=d.hardware, axes=d.layout.axes, weights=(0,))
         self._schedules[key] = result
         self.scheduling_s += time.perf_counter() - start

@@ -89,6 +89,13 @@ def _narrowest(dtypes) -> np.dtype:
     return min(dtypes, key=_itemsize)
 
 
+def _kept_storage(eqn, ins: list[_Value]):
+    """The narrowest format among the results and the (non-scalar) inputs: a value moved, viewed
+    or widened keeps the format it was stored in (a widened int8 is int8)."""
+    return _narrowest([v.aval.dtype for v in eqn.outvars] + [
+        v.storage for v, var in zip(ins, eqn.invars) if _size(var.aval) > 1])
+
+
 def _sub_jaxpr(eqn, param):
     sub = eqn.params[param]
     if isinstance(sub, core.ClosedJaxpr):
@@ -218,22 +225,18 @@ class Lowering:
                                 "JAX reference of this operation instead")
         if name not in COLLECTIVES and all(v.constant for v in ins):
             # Weights and constants: folded by the compiler (into the weight install).
-            storages = [v.aval.dtype for v in outvars]
-            storages += [v.storage for v, var in zip(ins, eqn.invars) if _size(var.aval) > 1]
-            return [_Value(None, _narrowest(storages), True) for _ in outvars], 0
-        if name in _VIEWS or name in _PRESERVING:
-            # Values keep the narrowest format they were stored in (a widened int8 is int8).
-            storage = _narrowest([v.aval.dtype for v in outvars] + [
-                v.storage for v, var in zip(ins, eqn.invars) if _size(var.aval) > 1])
+            return [_Value(None, _kept_storage(eqn, ins), True) for _ in outvars], 0
+        storage = _kept_storage(eqn, ins) if name in _VIEWS or name in _PRESERVING else None
         if name in _VIEWS:
             producers = {v.producer for v in ins if v.producer is not None}
             if len(producers) <= 1:  # nothing to wait for but its one input
                 producer = producers.pop() if producers else None
                 return [_Value(producer, storage, False) for _ in outvars], 0
-            outs = self._add(nodes, name, FREE, ins, outvars)
+            cost = FREE
         else:
-            outs = self._add(nodes, name, self._cost(eqn, ins), ins, outvars)
-        if name in _VIEWS or name in _PRESERVING:
+            cost = self._cost(eqn, ins)
+        outs = self._add(nodes, name, cost, ins, outvars)
+        if storage is not None:
             outs = [dataclasses.replace(v, storage=storage) for v in outs]
         return outs, 0
 

@@ -27,16 +27,12 @@ def _flat(schedule: Schedule, offset: int = 0) -> Iterator[Event]:
             yield from _flat(event.body, offset + event.start + trip * event.body.ticks)
 
 
-def _count(schedule: Schedule) -> int:
-    return sum(e.trips * _count(e.body) if e.body else 1 for e in schedule.events)
-
-
 def write_trace(schedule: Schedule, out: IO[str], title: str = "") -> int:
     """Write the trace to `out`; returns how many chips it shows."""
-    per_chip = max(_count(schedule), 1)
-    chips = max(1, min(schedule.chips, MAX_EVENTS // per_chip))
+    flat = list(_flat(schedule))
+    chips = max(1, min(schedule.chips, MAX_EVENTS // max(len(flat), 1)))
     us = schedule.tick_s * 1e6
-    tracks = sorted({(e.unit, e.slot) for e in _flat(schedule)})
+    tracks = sorted({(e.unit, e.slot) for e in flat})
     track_id = {track: index for index, track in enumerate(tracks)}
     events = []
     for chip in range(chips):
@@ -50,7 +46,7 @@ def write_trace(schedule: Schedule, out: IO[str], title: str = "") -> int:
     out.write('{"displayTimeUnit": "ns", "traceEvents": [\n')
     out.write(",\n".join(json.dumps(e) for e in events))
     for chip in range(chips):
-        for e in _flat(schedule):
+        for e in flat:
             record = {"ph": "X", "name": e.name, "pid": chip, "tid": track_id[(e.unit, e.slot)],
                       "ts": e.start * us, "dur": (e.end - e.start) * us,
                       "args": {"start_tick": e.start, "end_tick": e.end, "cost": e.detail}}

@@ -112,8 +112,9 @@ def exact_integer_dot(q_x: Array, q_w: Array) -> Array:
         return jnp.einsum("...i,io->...o", q_x, q_w, preferred_element_type=jnp.int32)
     total = None
     for start in range(0, q_x.shape[-1], EXACT_F32_CHUNK):
-        part = jnp.einsum("...i,io->...o", q_x[..., start:start + EXACT_F32_CHUNK].astype(jnp.float32),
-                          q_w[start:start + EXACT_F32_CHUNK].astype(jnp.float32),
+        chunk = slice(start, start + EXACT_F32_CHUNK)
+        part = jnp.einsum("...i,io->...o", q_x[..., chunk].astype(jnp.float32),
+                          q_w[chunk].astype(jnp.float32),
                           preferred_element_type=jnp.float32).astype(jnp.int32)
         total = part if total is None else total + part
     return total
