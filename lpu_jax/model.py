@@ -38,6 +38,10 @@ from lpu_jax.numerics.recipe import Recipe
 
 Array = jax.Array
 REFERENCE = Recipe()
+# The blocks of the per-chip program, each a jax.named_scope: the cycle model reports where time
+# goes by them. A scope inside another (links inside attention/out) counts as the inner one.
+BLOCKS = ("embedding", "norm", "attention/qkv", "attention/core", "attention/out", "mlp/up",
+          "mlp/down", "lm_head", "links", "sampling")
 
 
 @struct.dataclass
@@ -109,6 +113,7 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
+@jax.named_scope("norm")
 def rms_norm(x_BTD: Array, weight_D: Array, eps: float) -> Array:
     x = x_BTD.astype(jnp.float32)
     # A fixed summation order: the same bits in every chip layout (see numerics/portable.py).
@@ -161,11 +166,24 @@ def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSK
     """
     B, T, _ = x_BTD.shape
     policy = precision.attention
-    q = _linear(x_BTD, layer.wq_DN, layer.bq_N, policy).reshape(B, T, -1, head_dim)
-    k = _linear(x_BTD, layer.wk_DK, layer.bk_K, policy).reshape(B, T, -1, head_dim)
-    v = _linear(x_BTD, layer.wv_DK, layer.bv_K, policy).reshape(B, T, -1, head_dim)
-    q, k = apply_rope(q, positions_BT, inv_freq_P), apply_rope(k, positions_BT, inv_freq_P)
+    with jax.named_scope("attention/qkv"):
+        q = _linear(x_BTD, layer.wq_DN, layer.bq_N, policy).reshape(B, T, -1, head_dim)
+        k = _linear(x_BTD, layer.wk_DK, layer.bk_K, policy).reshape(B, T, -1, head_dim)
+        v = _linear(x_BTD, layer.wv_DK, layer.bv_K, policy).reshape(B, T, -1, head_dim)
+        q, k = apply_rope(q, positions_BT, inv_freq_P), apply_rope(k, positions_BT, inv_freq_P)
+    with jax.named_scope("attention/core"):
+        out_BTN, k_cache_BSKH, v_cache_BSKH = _attend(q, k, v, positions_BT, k_cache_BSKH,
+                                                      v_cache_BSKH, start, write, precision)
+    with jax.named_scope("attention/out"):
+        out = _linear(out_BTN.astype(x_BTD.dtype), layer.wo_ND, layer.bo_D, policy, tp_axis,
+                      precision.links)
+    return out, k_cache_BSKH, v_cache_BSKH
 
+
+def _attend(q, k, v, positions_BT, k_cache_BSKH, v_cache_BSKH, start, write, precision):
+    """The new keys and values written at `start` (unless `write` is false), then softmax(q.k)
+    over the visible cache, times the values: [B, T, N*H] f32."""
+    B, T, _, head_dim = q.shape
     if write is not True:
         k = jnp.where(write, k, cache_rows(k_cache_BSKH, start, T))
         v = jnp.where(write, v, cache_rows(v_cache_BSKH, start, T))
@@ -184,18 +202,19 @@ def attention(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSK
     probs = softmax(scores, axis=-1)
     out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs.astype(jnp.float32),
                            v_cache_BSKH.astype(jnp.float32), preferred_element_type=jnp.float32)
-    out_BTN = out_BTKGH.reshape(B, T, -1).astype(x_BTD.dtype)
-    out = _linear(out_BTN, layer.wo_ND, layer.bo_D, policy, tp_axis, precision.links)
-    return out, k_cache_BSKH, v_cache_BSKH
+    return out_BTKGH.reshape(B, T, -1), k_cache_BSKH, v_cache_BSKH
 
 
 def mlp(layer: LayerParams, x_BTD: Array, tp_axis: str | None = None,
         precision: Recipe = REFERENCE) -> Array:
     policy = precision.mlp
-    gate = _linear(x_BTD, layer.w_gate_DF, layer.b_gate_F, policy)
-    up = _linear(x_BTD, layer.w_up_DF, layer.b_up_F, policy)
-    return _linear(jax.nn.silu(gate) * up, layer.w_down_FD, layer.b_down_D, policy, tp_axis,
-                   precision.links)
+    with jax.named_scope("mlp/up"):
+        gate = _linear(x_BTD, layer.w_gate_DF, layer.b_gate_F, policy)
+        up = _linear(x_BTD, layer.w_up_DF, layer.b_up_F, policy)
+        hidden = jax.nn.silu(gate) * up
+    with jax.named_scope("mlp/down"):
+        return _linear(hidden, layer.w_down_FD, layer.b_down_D, policy, tp_axis,
+                       precision.links)
 
 
 def _chip_index(axes: tuple[tuple[str, int], ...]) -> Array:
@@ -206,6 +225,7 @@ def _chip_index(axes: tuple[tuple[str, int], ...]) -> Array:
     return index
 
 
+@jax.named_scope("embedding")
 def embed(embed_DV: Stored, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
     """Embedding vectors. vocab_axes ((name, size), ...) split the vocabulary: each chip holds one
     slice, looks up the tokens that fall in it, and the psum brings every vector to every chip."""
@@ -216,7 +236,8 @@ def embed(embed_DV: Stored, tokens_BT: Array, vocab_axes: tuple[tuple[str, int],
     local_BT = tokens_BT - _chip_index(vocab_axes) * tokens_here
     mine_BT = (local_BT >= 0) & (local_BT < tokens_here)
     x = jnp.where(mine_BT[..., None], lookup(jnp.clip(local_BT, 0, tokens_here - 1)), 0.0)
-    return jax.lax.psum(x, tuple(name for name, _ in vocab_axes))
+    with jax.named_scope("links"):
+        return jax.lax.psum(x, tuple(name for name, _ in vocab_axes))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "tp_axis", "precision", "always_write"))
@@ -269,6 +290,7 @@ def forward_hidden(params: Params, cfg: ModelConfig, tokens_BT: Array, start: Ar
     return rms_norm(x, params.final_norm_D, cfg.rms_norm_eps), cache
 
 
+@jax.named_scope("lm_head")
 def logits_from_hidden(params: Params, x_BTD: Array,
                        vocab_axes: tuple[tuple[str, int], ...] = (),
                        precision: Recipe = REFERENCE) -> Array:
@@ -276,7 +298,8 @@ def logits_from_hidden(params: Params, x_BTD: Array,
     head_DV = params.embed_DV if params.lm_head_DV is None else params.lm_head_DV
     logits = matmul(x_BTD, head_DV, precision.lm_head)
     for name, _ in reversed(vocab_axes):  # minor axis first, so slices land in chip order
-        logits = jax.lax.all_gather(logits, name, axis=2, tiled=True)
+        with jax.named_scope("links"):
+            logits = jax.lax.all_gather(logits, name, axis=2, tiled=True)
     return logits
 
 

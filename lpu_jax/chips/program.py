@@ -41,11 +41,13 @@ def _ring(layout: Layout) -> list[tuple[int, int]]:
     return [(s, (s + 1) % layout.pp) for s in range(layout.pp)]
 
 
+@jax.named_scope("links")
 def _to_next_stage(layout: Layout, y, precision: Recipe):
     """Each stage's activations, sent to the next in the recipe's link format."""
     return jax.lax.ppermute(round_activations(y, precision.links), PP_AXIS, _ring(layout))
 
 
+@jax.named_scope("links")
 def _from_last_stage(layout: Layout, stage, y, precision: Recipe):
     """The last stage's activations, handed to every stage (in the link format)."""
     sent = jnp.where(stage == layout.pp - 1, round_activations(y, precision.links), 0.0)
@@ -80,8 +82,9 @@ def _next_token(params, config, layout, sampling, precision, x_B1D, seed, step):
     every process draws the same token with no key to ship around."""
     logits_BV = logits_from_hidden(params, x_B1D, layout.vocab_axes,
                                    precision)[:, 0, :config.vocab_size]
-    key = jax.random.fold_in(jax.random.key(seed), step)
-    return sample(logits_BV, key, sampling), logits_BV
+    with jax.named_scope("sampling"):
+        key = jax.random.fold_in(jax.random.key(seed), step)
+        return sample(logits_BV, key, sampling), logits_BV
 
 
 def prefill(params: Params, cache: KVCache, tokens_BT, lengths_B, seed, *, config: ModelConfig,

@@ -38,7 +38,7 @@ from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
 from lpu_jax.lpu.hardware import HardwareSpec
 from lpu_jax.lpu.scheduler import Schedule, schedule
-from lpu_jax.model import KVCache
+from lpu_jax.model import BLOCKS, KVCache
 from lpu_jax.numerics.recipe import Recipe
 from lpu_jax.numerics.store import store_params
 
@@ -104,6 +104,26 @@ class MemoryPlan:
                         best = layout
                     break
         return best
+
+
+def block_of(scope: str) -> str:
+    """The model block (model.BLOCKS) a named scope belongs to: the innermost one named in it."""
+    parts = scope.split("/")
+    best, reach = "other", -1
+    for block in BLOCKS:
+        size = block.count("/") + 1
+        for end in range(len(parts), size - 1, -1):
+            if "/".join(parts[end - size:end]) == block:
+                if end > reach:
+                    best, reach = block, end
+                break
+    return best
+
+
+def cycles_by_block(step: Schedule) -> dict[str, int]:
+    """Cycles each model block has work in flight in a step, the costliest first."""
+    cycles = step.cycles_by_scope(block_of)
+    return dict(sorted(cycles.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def check_chips(hardware: HardwareSpec, layout: Layout) -> None:
@@ -206,6 +226,7 @@ class CycleModel:
                 "tokens_per_s": 1 / mean_s,
                 "context_positions": [positions[0] + 1, positions[-1] + 1],
                 "bottleneck": self.last_decode.bottleneck(),
+                "cycles_by_block": cycles_by_block(self.last_decode) if is_lpu else None,
                 "utilization": {u: round(v, 4)
                                 for u, v in self.last_decode.utilization().items()},
                 "operations": self.last_decode.operations(),
@@ -261,7 +282,16 @@ def describe(emulated: dict) -> str:
             f"{cycles}{dec['latency_per_token_s'] * 1e6:,.1f} us/token, "
             f"{dec['tokens_per_s']:,.0f} tokens/s one stream, "
             f"{e['pipeline_full']['tokens_per_s']:,.0f} with the pipeline full; first token "
-            f"{e['time_to_first_token_s'] * 1e3:,.3f} ms; bottleneck {dec['bottleneck']}; "
+            f"{e['time_to_first_token_s'] * 1e3:,.3f} ms; bottleneck {dec['bottleneck']}"
+            f"{_costliest(dec)}; "
             f"{memory['memory']}/chip {memory['total_bytes'] / 1e6:,.1f} of "
             f"{memory['capacity_bytes'] / 1e6:,.1f} MB "
             f"({fits}); {e['energy_per_token_j']['single_stream'] * 1e3:,.3f} mJ/token")
+
+
+def _costliest(decode: dict) -> str:
+    blocks = decode.get("cycles_by_block")
+    if not blocks:
+        return ""
+    block, cycles = next(iter(blocks.items()))
+    return f", costliest block {block} ({cycles:,} cycles in flight)"

@@ -30,6 +30,11 @@ UNITS = {
         "power_typical": "W", "power_static": "W", "energy_int8_mac": "pJ/MAC",
         "energy_fp16_mac": "pJ/MAC", "energy_vxm_op": "pJ/op", "energy_sram_byte": "pJ/B",
         "energy_c2c_byte": "pJ/B",
+        "stream_hop_latency": "cycles/hop", "stream_hops_mem_vxm": "hops",
+        "stream_hops_mem_mxm": "hops", "stream_hops_mem_sxm": "hops",
+        "stream_hops_vxm_sxm": "hops", "mxm_install_streams": "streams/plane",
+        "mxm_pass_overhead": "cycles/pass", "vxm_ops_logistic": "ops", "vxm_ops_tanh": "ops",
+        "vxm_ops_exp": "ops", "vxm_ops_div": "ops", "vxm_ops_polynomial": "ops",
     },
     "gpu": {"hbm": "B", "hbm_bandwidth": "B/s", "bf16_flops": "FLOP/s", "power_typical": "W"},
 }
@@ -56,6 +61,19 @@ class HardwareSpec:
     def estimates(self) -> list[str]:
         """The figures that are estimates, not published numbers."""
         return [key for key, figure in self.figures.items() if figure.estimate]
+
+    def with_values(self, values: Mapping[str, float], source: str) -> "HardwareSpec":
+        """The same hardware with some figures replaced (each keeps its unit; `source` says
+        where the new values come from)."""
+        figures = dict(self.figures)
+        for key, value in values.items():
+            if key not in figures:
+                raise UserError(f"{self.name} has no figure {key!r}; known: "
+                                f"{', '.join(sorted(figures))}")
+            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise UserError(f"{key} must be a finite number >= 0, got {value!r}")
+            figures[key] = dataclasses.replace(figures[key], value=float(value), source=source)
+        return dataclasses.replace(self, figures=MappingProxyType(figures))
 
 
 def available() -> list[str]:

@@ -8,6 +8,7 @@ many).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import IO, Iterator
 
@@ -20,8 +21,8 @@ def _flat(schedule: Schedule, offset: int = 0) -> Iterator[Event]:
     """Every operation with a unit, loop bodies unrolled, at absolute ticks."""
     for event in schedule.events:
         if event.body is None:
-            yield Event(event.name, event.unit, event.slot, offset + event.start,
-                        offset + event.end, event.detail)
+            yield dataclasses.replace(event, start=offset + event.start,
+                                      end=offset + event.end, done=offset + event.done)
             continue
         for trip in range(event.trips):
             yield from _flat(event.body, offset + event.start + trip * event.body.ticks)
@@ -49,7 +50,9 @@ def write_trace(schedule: Schedule, out: IO[str], title: str = "") -> int:
         for e in flat:
             record = {"ph": "X", "name": e.name, "pid": chip, "tid": track_id[(e.unit, e.slot)],
                       "ts": e.start * us, "dur": (e.end - e.start) * us,
-                      "args": {"start_tick": e.start, "end_tick": e.end, "cost": e.detail}}
+                      "args": {"start_tick": e.start, "end_tick": e.end,
+                               "results_in_mem_tick": e.done, "scope": e.scope,
+                               "cost": e.detail}}
             out.write(",\n" + json.dumps(record))
     out.write("\n]}\n")
     return chips

@@ -153,7 +153,8 @@ def matmul(x: Array, w: Stored, policy: MatmulPolicy, sum_axis: str | None = Non
         q_x, x_scale = _int8_per_token(x, sum_axis)
         total = exact_integer_dot(q_x, w.values)
         if sum_axis is not None:
-            total = jax.lax.psum(total, sum_axis)
+            with jax.named_scope("links"):
+                total = jax.lax.psum(total, sum_axis)
         return total.astype(jnp.float32) * x_scale * w.scales[..., 0, :]
 
     x = round_activations(x.astype(jnp.float32), policy.inputs, sum_axis)
@@ -169,5 +170,6 @@ def matmul(x: Array, w: Stored, policy: MatmulPolicy, sum_axis: str | None = Non
     if channel_scale is not None:
         y = y * channel_scale
     if sum_axis is not None:
-        y = jax.lax.psum(round_activations(y, link), sum_axis)
+        with jax.named_scope("links"):
+            y = jax.lax.psum(round_activations(y, link), sum_axis)
     return y

@@ -11,9 +11,14 @@ quantization downstream can turn into another token:
     pairwise tree of elementwise additions (halves added; zero-padded when odd).
 With these, and with FMA contraction off (lpu-generate --nocpu_fma), int8-exact gives logits
 bit-identical across tp.
+
+Both are named calls (jit, which XLA inlines): the cycle model recognises `portable_exp` and
+`ordered_sum` and costs the LPU's own exp and reduction instead of these CPU workarounds.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +30,8 @@ _POLYNOMIAL = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-
 _LOWEST, _HIGHEST = -87.0, 88.0  # below, e^x is 0 here (also for -inf); above, clipped
 
 
-def exp(x: jax.Array) -> jax.Array:
+@jax.jit
+def portable_exp(x: jax.Array) -> jax.Array:
     """e^x in f32 from exactly rounded operations."""
     x = x.astype(jnp.float32)
     clipped = jnp.clip(x, _LOWEST, _HIGHEST)
@@ -38,12 +44,16 @@ def exp(x: jax.Array) -> jax.Array:
     return jnp.where(x < _LOWEST, 0.0, jnp.ldexp(y, n.astype(jnp.int32)))
 
 
+exp = portable_exp
+
+
 def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """softmax over `axis` in x's dtype (f32, or bf16: exponentials rounded to it, then summed)."""
     e = exp(x - jnp.max(x, axis=axis, keepdims=True)).astype(x.dtype)
     return e / ordered_sum(e, axis, keepdims=True)
 
 
+@functools.partial(jax.jit, static_argnames=("axis", "keepdims"))
 def ordered_sum(x: jax.Array, axis: int, keepdims: bool = False) -> jax.Array:
     """x summed over `axis` by a fixed pairwise tree of elementwise additions."""
     axis = axis % x.ndim
