@@ -42,6 +42,7 @@ REFERENCE = Recipe()
 # goes by them. A scope inside another (links inside attention/out) counts as the inner one.
 BLOCKS = ("embedding", "norm", "attention/qkv", "attention/core", "attention/out", "mlp/up",
           "mlp/down", "lm_head", "links", "sampling")
+LAYER_SCOPE = "layer"  # around each decoder layer: the cycle model reports cycles per layer
 
 
 @struct.dataclass
@@ -274,9 +275,10 @@ def run_layers(layers: tuple[LayerParams, ...], cfg: ModelConfig, x_BTD: Array, 
     always_write = write is True
     new_k, new_v = [], []
     for layer, k_cache, v_cache in zip(layers, cache.k, cache.v):
-        x_BTD, k_next, v_next = decoder_layer(
-            layer, x_BTD, positions_BT, k_cache, v_cache, start, jnp.asarray(write),
-            cfg=cfg, tp_axis=tp_axis, precision=precision, always_write=always_write)
+        with jax.named_scope(LAYER_SCOPE):
+            x_BTD, k_next, v_next = decoder_layer(
+                layer, x_BTD, positions_BT, k_cache, v_cache, start, jnp.asarray(write),
+                cfg=cfg, tp_axis=tp_axis, precision=precision, always_write=always_write)
         new_k.append(k_next)
         new_v.append(v_next)
     return x_BTD, KVCache(k=tuple(new_k), v=tuple(new_v))

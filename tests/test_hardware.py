@@ -25,8 +25,15 @@ def test_lpu_v1_figures_agree_with_each_other():
     assert lpu["mxm_weight_install"] * 40 >= lpu["mxm_int8_macs"]
     assert sorted(lpu.estimates()) == [
         "c2c_hop_latency", "energy_c2c_byte", "energy_fp16_mac", "energy_int8_mac",
-        "energy_sram_byte", "energy_vxm_op", "mem_latency", "mxm_latency", "power_static",
-        "rack_hops", "sxm_latency", "vxm_latency"]
+        "energy_sram_byte", "energy_vxm_op", "mem_latency", "mxm_latency", "mxm_pass_overhead",
+        "power_static", "rack_hops", "stream_hops_mem_mxm", "stream_hops_mem_sxm",
+        "stream_hops_mem_vxm", "stream_hops_vxm_sxm", "sxm_latency", "vxm_latency",
+        "vxm_ops_polynomial"]
+    # The stream distances follow the floorplan: MEM slices between the VXM and the SXM, the
+    # MXM beyond the SXM; installs never exceed what one hemisphere's streams carry.
+    assert lpu["stream_hops_mem_vxm"] + lpu["stream_hops_mem_sxm"] <= lpu["stream_hops_vxm_sxm"]
+    assert lpu["stream_hops_mem_mxm"] > lpu["stream_hops_mem_sxm"]
+    assert lpu["mxm_install_streams"] <= lpu["streams_per_direction"]
     # The energy estimates stay within the chip's power: all MACs busy at the int8 rate.
     mxm_watts = lpu["mxm_int8_macs"] * lpu["clock"] * lpu["energy_int8_mac"] * 1e-12
     assert mxm_watts + lpu["power_static"] < lpu["power_typical"]
@@ -58,3 +65,14 @@ def test_bad_configs_are_refused(change, message):
 def test_unknown_hardware_name_lists_the_shipped_ones():
     with pytest.raises(UserError, match="unknown hardware 'tpu-v9'; shipped: h100, h200, lpu-v1"):
         load_hardware("tpu-v9")
+
+
+def test_figures_can_be_replaced_with_a_source():
+    lpu = load_hardware("lpu-v1")
+    faster = lpu.with_values({"clock": 1.25e9}, "what-if")
+    assert faster["clock"] == 1.25e9 and faster.figures["clock"].source == "what-if"
+    assert lpu["clock"] == 900e6  # the original is unchanged
+    with pytest.raises(UserError, match="lpu-v1 has no figure 'clok'"):
+        lpu.with_values({"clok": 1.0}, "x")
+    with pytest.raises(UserError, match="clock must be a finite number >= 0"):
+        lpu.with_values({"clock": float("inf")}, "x")

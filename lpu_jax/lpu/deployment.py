@@ -38,7 +38,7 @@ from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
 from lpu_jax.lpu.hardware import HardwareSpec
 from lpu_jax.lpu.scheduler import Schedule, schedule
-from lpu_jax.model import BLOCKS, KVCache
+from lpu_jax.model import BLOCKS, LAYER_SCOPE, KVCache
 from lpu_jax.numerics.recipe import Recipe
 from lpu_jax.numerics.store import store_params
 
@@ -124,6 +124,17 @@ def cycles_by_block(step: Schedule) -> dict[str, int]:
     """Cycles each model block has work in flight in a step, the costliest first."""
     cycles = step.cycles_by_scope(block_of)
     return dict(sorted(cycles.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _in_layer(scope: str) -> str:
+    return LAYER_SCOPE if scope.split("/")[0] == LAYER_SCOPE else ""
+
+
+def cycles_per_layer(step: Schedule, layers: int) -> int:
+    """Cycles from a decoder layer's first operation to its last result, averaged over the
+    `layers` decoder layers the step runs (one token through every stage: pp x layers per
+    stage, bubbles included)."""
+    return round(step.cycles_by_scope(_in_layer).get(LAYER_SCOPE, 0) / max(layers, 1))
 
 
 def check_chips(hardware: HardwareSpec, layout: Layout) -> None:
@@ -227,6 +238,9 @@ class CycleModel:
                 "context_positions": [positions[0] + 1, positions[-1] + 1],
                 "bottleneck": self.last_decode.bottleneck(),
                 "cycles_by_block": cycles_by_block(self.last_decode) if is_lpu else None,
+                "cycles_per_layer": (cycles_per_layer(
+                    self.last_decode, layout.pp * layout.layer_slots(d.config.num_layers))
+                    if is_lpu else None),
                 "utilization": {u: round(v, 4)
                                 for u, v in self.last_decode.utilization().items()},
                 "operations": self.last_decode.operations(),
