@@ -194,7 +194,7 @@ def write_figures(path: Path, values: dict[str, float], source: str) -> None:
         body = re.sub(r"^value = .*$", f"value = {shown}", body, count=1, flags=re.MULTILINE)
         # Keep why the figure was estimated; replace an earlier fit's note.
         cited = re.search(r'^source = "((?:[^"\\]|\\.)*)"', body, re.MULTILINE)
-        reason = cited.group(1).split("; fit:")[0] if cited else ""
+        reason = re.sub(r"\\(.)", r"\1", cited.group(1)).split("; fit:")[0] if cited else ""
         noted = source if not reason or reason.startswith("fit:") else f"{reason}; {source}"
         body = re.sub(r"^source = .*$", lambda _: f"source = {_toml_string(noted)}", body,
                       count=1, flags=re.MULTILINE)

@@ -78,7 +78,8 @@ def int8_mode(*storage_dtypes) -> bool:
 
 def stream_width(dtype) -> int:
     """Streams one vector of this dtype takes (one byte per lane per stream)."""
-    return max(1, getattr(np.dtype(dtype), "itemsize", 4))
+    # A PRNG key's extended dtype has no numpy equivalent: two uint32 words.
+    return max(1, getattr(dtype, "itemsize", 8))
 
 
 def _product_dims(lhs_shape, rhs_shape, dimension_numbers):
@@ -198,7 +199,7 @@ class LpuCosts:
         """An elementwise operation over `vectors` vectors (`elements` values), each taking
         alu_ops chained ALU operations and streams_per_vector streams (operands and result)."""
         hw = self.hw
-        alu_ops = min(alu_ops, self.alus)
+        alu_ops = max(1, min(alu_ops, self.alus))
         return Cost("VXM", vectors, elements * alu_ops * hw["energy_vxm_op"],
                     f"{elements} elements x {alu_ops} ALU op(s)",
                     width=alu_ops, streams=min(streams_per_vector, self.streams),
@@ -214,7 +215,7 @@ class LpuCosts:
         vectors = out_vectors
         return Cost("SXM", steps * vectors, steps * self.lanes * vectors * hw["energy_vxm_op"],
                     f"{steps} shift-add steps over {min(lanes_reduced, self.lanes)} lanes",
-                    streams=width, lead=self.read_path("VXM") + steps * step,
+                    streams=min(width, self.streams), lead=self.read_path("VXM") + steps * step,
                     write=self.write_path("VXM"), helpers=(("VXM", 1),))
 
     # -- SXM, MEM ---------------------------------------------------------------------------
@@ -271,8 +272,8 @@ class GpuCosts:
         seconds = max(moved / self.hw["hbm_bandwidth"], flops / self.hw["bf16_flops"])
         return self._seconds_to_cost(seconds, f"{moved} B, {flops} FLOP"), "rhs"
 
-    def vector(self, elements: int, alu_ops: int = 1, streams_per_vector: int = 8,
-               chainable: bool = True) -> Cost:
+    def vector(self, vectors: int, elements: int, alu_ops: int = 1,
+               streams_per_vector: int = 8, chainable: bool = True) -> Cost:
         return FREE
 
     def lane_reduction(self, out_vectors: int, lanes_reduced: int, width: int) -> Cost:

@@ -192,10 +192,15 @@ def _streams(avals) -> int:
     return sum(stream_width(a.dtype) for a in avals if _size(a) > 1)
 
 
-def _reduced_lanes(in_aval, out_aval) -> int:
+def _reduced_lanes(eqn, in_aval, out_aval) -> int:
     """How many lanes a reduction folds together: the input's last axis when the reduction
-    removes it (or keeps it as 1); 1 when the lanes survive (a sum down the rows)."""
+    runs along it; 1 when the lanes survive (a sum down the rows)."""
     shape, out = tuple(in_aval.shape), tuple(out_aval.shape)
+    axes = eqn.params.get("axes", eqn.params.get("axis"))
+    if axes is not None and eqn.primitive.name in _REDUCTIONS:
+        axes = axes if isinstance(axes, (tuple, list)) else (axes,)
+        return shape[-1] if shape and len(shape) - 1 in [a % len(shape) for a in axes] else 1
+    # A named call (ordered_sum) has no axes parameter: read it off the shapes.
     if not shape or shape[-1] == 1:
         return 1
     if out == shape[:-1] or out == shape[:-1] + (1,):
@@ -356,7 +361,7 @@ class Lowering:
         elements = max(map(_size, avals + outs))
         streams = _streams(avals) + _streams(outs)
         if name in _REDUCTIONS:
-            lanes = _reduced_lanes(avals[0], outs[0])
+            lanes = _reduced_lanes(eqn, avals[0], outs[0])
             # Vectors folded elementwise (taking its input off the streams), then the lanes.
             # Its result exists only once the last vector is in: it feeds the next operation
             # from MEM (but for its own lane tree).

@@ -1,6 +1,7 @@
 """The static schedule: list scheduling of a lowered program onto the chip's units and streams.
 
-Operations are taken in program order. Each issues when the values it reads are there and enough
+Ready operations are taken by the tick their inputs arrive (program order on a tie). Each issues
+when the values it reads are there and enough
 slots of its unit and enough stream registers are free, and holds them while it issues; there
 is no backfilling, so the schedule is deterministic. Its results reach MEM after its latency
 along the streams (lpu/costs.py). A VXM operation may take an input straight off the streams from
@@ -72,8 +73,8 @@ class Schedule:
         return {unit: self.busy.get(unit, 0) / (slots * span) for unit, slots in self.units.items()}
 
     def bottleneck(self) -> str:
-        """The unit busy for the largest share of the span."""
-        used = self.utilization()
+        """The unit busy for the largest share of the span (the streams are not a unit)."""
+        used = {unit: share for unit, share in self.utilization().items() if unit != STREAMS}
         return max(sorted(used), key=lambda unit: used[unit])
 
     def operations(self) -> int:
@@ -193,9 +194,26 @@ def list_schedule(graph: Graph, costs, tick_s: float, chips: int, hardware: str)
 
 def _data_ready(node, done, first, chainable, costs) -> int:
     """The earliest tick its inputs could reach it (off the streams where it may chain)."""
-    times = [first[d] - costs.read_path("VXM") if d in node.chained and chainable[d]
-             else done[d] for d in node.deps]
-    return max(times, default=0)
+    start, _ = _chain_start(node, done, first, chainable, costs)
+    return start
+
+
+def _chain_start(node, done, first, chainable, costs) -> tuple[int, list[int]]:
+    """When it could start, and the producers it would take off the streams. It starts when
+    the latest stream it can chain reaches it; every other input must be in MEM by then (read
+    as usual). When one is neither (its stream gone, its result not yet written), everything
+    is read from MEM."""
+    candidates = [d for d in node.chained if chainable[d]]
+    in_mem = max((done[d] for d in node.deps), default=0)
+    if not candidates:
+        return in_mem, []
+    read = costs.read_path("VXM")
+    start = max([done[d] for d in node.deps if d not in candidates]
+                + [first[d] - read for d in candidates])
+    chained = [d for d in candidates if first[d] - read == start]
+    if any(done[d] > start for d in candidates if d not in chained):
+        return in_mem, []
+    return start, chained
 
 
 def _product_cost(product: Product, in_mem: int, costs, slots: _Slots):
@@ -204,9 +222,10 @@ def _product_cost(product: Product, in_mem: int, costs, slots: _Slots):
     at = slots.earliest([("MXM", 1)], in_mem)
     planes = slots.free("MXM", at)
     now = costs.product_cost(product, planes, slots.free(STREAMS, at))
+    now_at = slots.earliest([("MXM", now.width), (STREAMS, now.streams)], at)
     ideal = costs.product_cost(product, planes, costs.streams)
     later = slots.earliest([("MXM", ideal.width), (STREAMS, ideal.streams)], at)
-    return ideal if later + ideal.ticks < at + now.ticks else now
+    return ideal if later + ideal.ticks < now_at + now.ticks else now
 
 
 def _place(node, index, in_mem, costs, slots, first, last, done, chainable, busy,
@@ -221,13 +240,10 @@ def _place(node, index, in_mem, costs, slots, first, last, done, chainable, busy
     needs = [(cost.unit, cost.width), *cost.helpers]
     if cost.streams:
         needs.append((STREAMS, cost.streams))
-    chained = [d for d in node.chained if chainable[d]]
+    on_streams, chained = _chain_start(node, done, first, chainable, costs)
     start = None
     if chained:
-        read = costs.read_path("VXM")
-        own = cost.lead - read  # its own delay once a vector reaches it
-        unchained = max((done[d] for d in node.deps if d not in chained), default=0)
-        on_streams = max([unchained] + [first[d] - read for d in chained])
+        own = cost.lead - costs.read_path("VXM")  # its own delay once a vector reaches it
         if slots.earliest(needs, on_streams) <= on_streams:
             start = on_streams
             first[index] = max([start + cost.lead] + [first[d] + own for d in chained])
