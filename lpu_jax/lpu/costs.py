@@ -76,10 +76,14 @@ def int8_mode(*storage_dtypes) -> bool:
                for d in storage_dtypes)
 
 
+def itemsize(dtype) -> int:
+    # A PRNG key's extended dtype has no numpy equivalent: two uint32 words.
+    return getattr(dtype, "itemsize", 8)
+
+
 def stream_width(dtype) -> int:
     """Streams one vector of this dtype takes (one byte per lane per stream)."""
-    # A PRNG key's extended dtype has no numpy equivalent: two uint32 words.
-    return max(1, getattr(dtype, "itemsize", 8))
+    return max(1, itemsize(dtype))
 
 
 def _product_dims(lhs_shape, rhs_shape, dimension_numbers):

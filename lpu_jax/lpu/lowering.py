@@ -22,7 +22,7 @@ import numpy as np
 from jax.extend import core
 
 from lpu_jax.errors import UserError
-from lpu_jax.lpu.costs import FREE, Cost, Product, stream_width
+from lpu_jax.lpu.costs import FREE, Cost, Product, itemsize, stream_width
 from lpu_jax.lpu.topology import COLLECTIVES, Network
 
 # Every primitive the lowering meets is classified here; one it does not know is an error that
@@ -105,14 +105,9 @@ class _Value:
     fresh: bool = True  # takes SRAM of its own (not an in-place update or a view of a slice)
 
 
-def _itemsize(dtype) -> int:
-    # A PRNG key's extended dtype has no numpy equivalent: two uint32 words.
-    return getattr(dtype, "itemsize", 8)
-
-
 def _nbytes(aval) -> int:
     shape = getattr(aval, "shape", ())
-    return math.prod(shape) * _itemsize(aval.dtype) if hasattr(aval, "dtype") else 0
+    return math.prod(shape) * itemsize(aval.dtype) if hasattr(aval, "dtype") else 0
 
 
 def _size(aval) -> int:
@@ -129,7 +124,7 @@ def _vectors(aval, lanes: int) -> int:
 
 
 def _narrowest(dtypes) -> np.dtype:
-    return min(dtypes, key=_itemsize)
+    return min(dtypes, key=itemsize)
 
 
 def _kept_storage(eqn, ins: list[_Value]):
@@ -178,7 +173,7 @@ def _allocates(eqn, ins: list[_Value], outs: list[_Value]) -> list[bool]:
     if name in _VIEWS:
         return [any(v.fresh for v in ins if not v.constant)] * len(outs)
     if name == "convert_element_type":
-        return [_itemsize(outs[0].storage) >= _itemsize(eqn.outvars[0].aval.dtype)]
+        return [itemsize(outs[0].storage) >= itemsize(eqn.outvars[0].aval.dtype)]
     if name == "scan":
         carries = eqn.params["num_carry"]
         return [index >= carries for index in range(len(outs))]
