@@ -82,3 +82,14 @@ def test_stop_tokens_come_from_generation_config_lists(tiny_checkpoints, tmp_pat
     shutil.copytree(tiny_checkpoints.get("mqa"), copy)
     (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7, 9]}))
     assert load_model(copy).stop_token_ids == (2, 7, 9)
+
+
+def test_config_alone_equals_the_loaded_models(tiny_checkpoints, tmp_path):
+    from lpu_jax.checkpoint import load_config
+
+    path = tiny_checkpoints.get("gqa")
+    assert load_config(path) == load_model(path).config
+    pickled = tmp_path / "model.bin"
+    pickled.write_bytes(b"never read")
+    with pytest.raises(UserError, match="pickle checkpoints are refused"):
+        load_config(pickled)

@@ -26,13 +26,25 @@ class LoadedModel:
 
 def load_model(path: str | Path | None = None) -> LoadedModel:
     """Load from a Hugging Face directory or a .gguf file; None means the embedded default."""
+    path = checkpoint_path(path)
+    return _load_hf(path) if path.is_dir() else _load_gguf(path)
+
+
+def load_config(path: str | Path | None = None) -> ModelConfig:
+    """Only the checkpoint's config (its JSON, or the GGUF header): no weights are read, so
+    flags can be checked against the model in a moment, before a long load."""
+    path = checkpoint_path(path)
+    return _hf_config(path) if path.is_dir() else GGUFCheckpoint(path).config()
+
+
+def checkpoint_path(path: str | Path | None) -> Path:
+    """The checkpoint to read (None: the embedded default), refused here unless it is a Hugging
+    Face directory or a .gguf file."""
     path = default_model_path() if path is None else Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
-    if path.is_dir():
-        return _load_hf(path)
-    if path.suffix == ".gguf":
-        return _load_gguf(path)
+    if path.is_dir() or path.suffix == ".gguf":
+        return path
     if path.suffix in PICKLE_SUFFIXES:
         raise UserError(f"{path}: pickle checkpoints are refused (unpickling can run code); "
                         "convert it to safetensors")
@@ -41,11 +53,15 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
     raise UserError(f"{path}: not a checkpoint (expected a Hugging Face directory or a .gguf file)")
 
 
-def _load_hf(directory: Path) -> LoadedModel:
+def _hf_config(directory: Path) -> ModelConfig:
     config_path = directory / "config.json"
     if not config_path.exists():
         raise UserError(f"{directory}: no config.json; is this a Hugging Face model directory?")
-    config = ModelConfig.from_json_file(config_path)
+    return ModelConfig.from_json_file(config_path)
+
+
+def _load_hf(directory: Path) -> LoadedModel:
+    config = _hf_config(directory)
     tokenizer = Tokenizer.from_hf_dir(directory)
     params = load_hf_dir(directory, config)
     stops = read_generation_eos(directory) or config.eos_token_ids

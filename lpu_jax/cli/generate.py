@@ -118,16 +118,23 @@ def main() -> None:
     distributed.start(_CPU_DEVICES.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                       _PROCESS_ID.value)
     common.enable_compilation_cache()
-    from lpu_jax.checkpoint import load_model
+    from lpu_jax.checkpoint import load_config, load_model
     from lpu_jax.chips.layout import Layout
+    from lpu_jax.chips.placement import Placement
     from lpu_jax.engine.generate import Engine
     from lpu_jax.lpu.deployment import CycleModel, Deployment, check_chips
     from lpu_jax.lpu.hardware import load_hardware
+    from lpu_jax.numerics.recipe import load_recipe
     from lpu_jax.tokenizer import IncrementalDecoder
 
+    # Every flag is checked against the hardware, the devices and the model's config before the
+    # weights load (the Engine and the CycleModel check them again): a mistake costs a moment.
     layout = Layout(tp=_TP.value, pp=_PP.value)
     hardware = load_hardware(emulated.HARDWARE.value)
-    check_chips(hardware, layout)  # before the model loads; CycleModel checks it too
+    check_chips(hardware, layout)
+    precision = load_recipe(_PRECISION.value)
+    Placement.choose(layout, _FOLD.value)
+    layout.check(load_config(common.MODEL.value))
 
     start = time.perf_counter()
     model = load_model(common.MODEL.value)
@@ -136,7 +143,7 @@ def main() -> None:
     if is_batch and dump_path is not None:
         raise UserError("--dump_logits takes a single prompt, not --prompts_file")
     engine = Engine(model, sampling, layout, fold=_FOLD.value,
-                    precision=_PRECISION.value, execution=_EXECUTION.value)
+                    precision=precision, execution=_EXECUTION.value)
     cycle_model = CycleModel(Deployment(model.config, engine.layout, engine.precision, hardware,
                                         sampling))
     speaks = _PROCESS_ID.value == 0
