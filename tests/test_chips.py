@@ -25,8 +25,10 @@ def assert_same_answer(reference, other):
     assert np.abs(other.logits - reference.logits).max() / scale < LOGIT_TOLERANCE
 
 
-@pytest.mark.parametrize("variant, tp", [("gqa", 3), ("mha", 4), ("biases", 2), ("mqa", 1)])
-@pytest.mark.parametrize("fold", [False, True])
+# Each head layout once, placed one way or the other: the placement only moves the same
+# per-chip program between devices, so both ways need not run for every model.
+@pytest.mark.parametrize("variant, tp, fold", [("gqa", 3, False), ("mha", 4, True),
+                                               ("biases", 2, False), ("mqa", 1, True)])
 def test_tensor_parallel_equals_one_chip(tiny_checkpoints, variant, tp, fold):
     model = load_model(tiny_checkpoints.get(variant))
     prompt = tiny_models.random_prompt(11, seed=9)
@@ -61,9 +63,9 @@ def test_vocabulary_is_padded_to_split_evenly(tiny_checkpoints):
     assert shares.embed_DV.shape == (2, 3, 48, 43)
 
 
-@pytest.mark.parametrize("variant, tp, pp", [("gqa", 1, 2), ("gqa", 3, 2), ("biases", 2, 2),
-                                             ("mqa", 1, 3), ("tied", 2, 3)])
-@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("variant, tp, pp, fold", [
+    ("gqa", 1, 2, True), ("gqa", 3, 2, False), ("biases", 2, 2, True), ("mqa", 1, 3, False),
+    ("tied", 2, 3, True)])
 def test_pipeline_stages_equal_one_chip(tiny_checkpoints, variant, tp, pp, fold):
     model = load_model(tiny_checkpoints.get(variant))  # 3 layers: pp=2 leaves a short stage
     prompt = tiny_models.random_prompt(13, seed=10)
@@ -87,23 +89,23 @@ def smollm2():
     return model, prompt, run(model, prompt, 16)[1]
 
 
-@pytest.mark.parametrize("tp, pp", [(3, 1), (1, 2), (3, 2), (1, 3), (3, 3), (1, 5), (3, 5)])
-def test_smollm2_tokens_identical_across_layouts(smollm2, tp, pp):
+def test_smollm2_tokens_identical_on_15_chips(smollm2):
+    """The real model on both axes at once (its 30 layers in 5 stages of 3 chips each); the
+    tiny models above sweep the layouts."""
     model, prompt, single = smollm2
-    for fold in (True, False):
-        _, split = run(model, prompt, 16, layout=Layout(tp=tp, pp=pp), fold=fold)
-        assert_same_answer(single, split)
+    _, split = run(model, prompt, 16, layout=Layout(tp=3, pp=5), fold=False)
+    assert_same_answer(single, split)
 
 
-def test_tp_that_does_not_divide_the_heads_lists_the_values_that_work():
-    model = load_model()
+def test_tp_that_does_not_divide_the_heads_lists_the_values_that_work(smollm2):
+    model = smollm2[0]
     assert valid_tp(model.config) == [1, 3]
     with pytest.raises(UserError, match=r"--tp=2 does not divide the model .* valid: 1, 3"):
         Engine(model, layout=Layout(tp=2))
 
 
-def test_pp_larger_than_the_layer_count_is_refused():
-    model = load_model()
+def test_pp_larger_than_the_layer_count_is_refused(smollm2):
+    model = smollm2[0]
     with pytest.raises(UserError, match="--pp=31 is larger than the model's 30 layers"):
         Engine(model, layout=Layout(pp=31))
 
@@ -129,8 +131,7 @@ def test_576_chips_fold_onto_one_device(tiny_checkpoints):
     assert_same_answer(single, split)
 
 
-@pytest.mark.parametrize("tp, pp, fold", [(1, 1, True), (1, 2, True), (1, 3, False),
-                                          (3, 2, True), (3, 2, False)])
+@pytest.mark.parametrize("tp, pp, fold", [(1, 1, True), (1, 3, False), (3, 2, True)])
 def test_ring_decode_of_a_batch_equals_single_streams(tiny_checkpoints, tp, pp, fold):
     model = load_model(tiny_checkpoints.get("gqa"))
     prompts = [tiny_models.random_prompt(4 + 3 * i, seed=20 + i) for i in range(6)]

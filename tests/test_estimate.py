@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from tests.cli_forks import run_each
 from tests.test_cli import assert_user_error
 
 
@@ -46,7 +47,7 @@ def test_trace_of_one_deployment(tmp_path):
     assert {e["pid"] for e in events if e["ph"] == "X"} == {0, 1, 2}
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["--config", "Llama-2-7b-hf", "--tp", "8"], "it needs at least"),
     (["--config", "Mixtral-8x7B-v0.1"], "mixture of experts"),
     (["--config", "Llama-2-7b-hf", "--pp", "1,x"], "--pp takes comma-separated integers"),
@@ -54,6 +55,14 @@ def test_trace_of_one_deployment(tmp_path):
     (["--config", "no-such-model"], "unknown model config 'no-such-model'"),
     ([], "pass --config"),
     (["--config", "Llama-2-7b-hf", "--context", "9000"], "must fit the model's context of 4096"),
-])
-def test_bad_input_gets_one_line(args, message):
-    assert_user_error(estimate(*args), message)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs():
+    return run_each("lpu_jax.cli.estimate", [args for args, _ in BAD_INPUT])
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_bad_input_gets_one_line(bad_input_runs, args, message):
+    assert_user_error(bad_input_runs[tuple(args)], message)

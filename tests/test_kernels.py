@@ -9,10 +9,16 @@ from lpu_jax.kernels.quantized_matmul import quantized_matmul, quantized_matmul_
 from lpu_jax.numerics.formats import Format, quantize
 
 
-@pytest.mark.parametrize("fmt", [Format("int8"), Format("int4", group_size=32),
-                                 Format("int4", group_size=64)], ids=Format.describe)
-@pytest.mark.parametrize("m, k, n", [(1, 256, 128), (5, 192, 200), (33, 576, 64)])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+INT8, INT4_G32 = Format("int8"), Format("int4", group_size=32)
+INT4_G64 = Format("int4", group_size=64)
+
+
+# Each format on two of the shapes (one row; a ragged n; rows and k over several tiles), in
+# both input dtypes between them.
+@pytest.mark.parametrize("fmt, m, k, n, dtype", [
+    (INT8, 1, 256, 128, jnp.float32), (INT8, 33, 576, 64, jnp.bfloat16),
+    (INT4_G32, 5, 192, 200, jnp.float32), (INT4_G32, 1, 256, 128, jnp.bfloat16),
+    (INT4_G64, 33, 576, 64, jnp.float32), (INT4_G64, 5, 192, 200, jnp.bfloat16)])
 def test_kernel_equals_reference(fmt, m, k, n, dtype):
     rng = np.random.default_rng(m + k + n)
     x = jnp.asarray(rng.normal(size=(m, k)), dtype)

@@ -16,7 +16,8 @@ from lpu_jax.numerics import portable
 from lpu_jax.numerics.formats import Format, quantize
 from lpu_jax.numerics.recipe import available, load_recipe, parse
 from tests import tiny_models
-from tests.test_cli import generate
+from tests.cli_forks import run_each
+from tests.test_cli import GENERATE
 
 SHIPPED = ["f32", "bf16", "truepoint-int8", "truepoint-fp8", "int4-g32", "bfp16",
            "naive-int8-bf16acc", "int8-exact"]
@@ -120,8 +121,11 @@ def logits_of(engine, prompt, new_tokens=6):
     return engine.generate(prompt, new_tokens, stop_token_ids=(), keep_logits=True)
 
 
-@pytest.mark.parametrize("variant, recipe", [("mha", r) for r in SHIPPED[1:]]
-                         + [("tied", "int4-g32"), ("tied", "truepoint-int8")])
+# Each kind of stored weight once: half floats, fp8, block floating point, int8 summed exactly
+# and with a narrow accumulator, int4 groups and int8 on a tied embedding.
+@pytest.mark.parametrize("variant, recipe", [
+    ("mha", "bf16"), ("mha", "truepoint-fp8"), ("mha", "bfp16"), ("mha", "int8-exact"),
+    ("mha", "naive-int8-bf16acc"), ("tied", "int4-g32"), ("tied", "truepoint-int8")])
 def test_f32_copy_is_bit_identical_to_widening_in_the_matmul(tiny_checkpoints, variant, recipe):
     model = load_model(tiny_checkpoints.get(variant))
     prompt = tiny_models.random_prompt(9, seed=4)
@@ -139,15 +143,15 @@ def test_int8_exact_logits_are_bit_identical_across_tp(tiny_checkpoints, tmp_pat
     either way, once XLA:CPU may not contract multiplies and adds into FMAs (--nocpu_fma):
     where it does depends on how each layout's program is fused."""
     path = tiny_checkpoints.get("gqa")
-    logits = {}
-    for name, layout in (("one", []), ("three", ["--tp", "3", "--nofold"]),
-                         ("three_folded", ["--tp", "3", "--fold"])):
-        result = generate("--model", str(path), "--prompt_ids", "5,9,14,3,77,120,6,31,8,250",
-                          "--max_new_tokens", "12", "--precision", "int8-exact", "--nocpu_fma",
-                          "--cpu_devices", "3", "--dump_logits", str(tmp_path / f"{name}.npy"),
-                          *layout)
+    layouts = {"one": [], "three": ["--tp", "3", "--nofold"],
+               "three_folded": ["--tp", "3", "--fold"]}
+    cases = [["--model", str(path), "--prompt_ids", "5,9,14,3,77,120,6,31,8,250",
+              "--max_new_tokens", "12", "--precision", "int8-exact", "--nocpu_fma",
+              "--cpu_devices", "3", "--dump_logits", str(tmp_path / f"{name}.npy"), *layout]
+             for name, layout in layouts.items()]
+    for result in run_each(GENERATE, cases).values():
         assert result.returncode == 0, result.stderr
-        logits[name] = np.load(tmp_path / f"{name}.npy")
+    logits = {name: np.load(tmp_path / f"{name}.npy") for name in layouts}
     assert logits["one"].shape == (12, tiny_models.VOCAB)
     np.testing.assert_array_equal(logits["three"], logits["one"])
     np.testing.assert_array_equal(logits["three_folded"], logits["one"])

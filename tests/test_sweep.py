@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,13 +10,13 @@ import tokenizers
 
 from lpu_jax.cli.sweep import embedded_text
 from tests import tiny_models
+from tests.cli_forks import run_each
 from tests.test_cli import assert_user_error
 
 
 def sweep(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, LPU_JAX_CACHE_DIR="")
     return subprocess.run([sys.executable, "-m", "lpu_jax.cli.sweep", *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, timeout=1800)
 
 
 def with_byte_tokenizer(checkpoint, directory):
@@ -57,13 +56,16 @@ def test_sweep_table_files_and_plot(tiny_checkpoints, tmp_path):
 
 
 def test_sweep_errors(tmp_path):
-    assert_user_error(sweep("--recipes", "f32,nope"), "unknown precision recipe 'nope'")
-    assert_user_error(sweep("--text", str(tmp_path / "missing.txt")), "no such file")
-    assert_user_error(sweep("--out", str(tmp_path / "rows.xlsx")), "must end in .csv or .json")
-    assert_user_error(sweep("--plot", str(tmp_path / "no" / "a.png")), "does not exist")
     bad = tmp_path / "bad.toml"
     bad.write_text('[mlp]\nweights = "int8"\nacumulation = "f32"\n')
-    assert_user_error(sweep("--recipes", str(bad)), "unknown key 'acumulation'")
+    cases = [(["--recipes", "f32,nope"], "unknown precision recipe 'nope'"),
+             (["--text", str(tmp_path / "missing.txt")], "no such file"),
+             (["--out", str(tmp_path / "rows.xlsx")], "must end in .csv or .json"),
+             (["--plot", str(tmp_path / "no" / "a.png")], "does not exist"),
+             (["--recipes", str(bad)], "unknown key 'acumulation'")]
+    runs = run_each("lpu_jax.cli.sweep", [args for args, _ in cases])
+    for args, message in cases:
+        assert_user_error(runs[tuple(args)], message)
     assert not list(tmp_path.glob(".*tmp"))
 
 
