@@ -13,12 +13,14 @@ os.environ["LPU_JAX_CACHE_DIR"] = XLA_CACHE
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 16)  # one per chip up to 16 chips
-jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 import pytest  # noqa: E402
 
+from lpu_jax.cli.common import enable_compilation_cache  # noqa: E402
+
 from tests import tiny_models  # noqa: E402
+
+enable_compilation_cache(min_compile_secs=0.0)  # into XLA_CACHE, as the subprocesses do
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -72,15 +72,16 @@ def disable_cpu_fma() -> None:
     os.environ["XLA_FLAGS"] = f"{flags_now} --xla_cpu_max_isa=AVX".strip()
 
 
-def enable_compilation_cache() -> None:
-    """Keep compiled executables on disk between runs (LPU_JAX_CACHE_DIR overrides, '' disables)."""
+def enable_compilation_cache(min_compile_secs: float = 0.5) -> None:
+    """Keep compiled executables on disk between runs (LPU_JAX_CACHE_DIR overrides, '' disables);
+    only those that took at least min_compile_secs to compile."""
     import jax
 
     directory = os.environ.get("LPU_JAX_CACHE_DIR",
                                os.path.join(os.path.expanduser("~"), ".cache", "lpu_jax", "xla"))
     if directory:
         jax.config.update("jax_compilation_cache_dir", directory)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
 
 
 def run(main: Callable[[], None]) -> None:
