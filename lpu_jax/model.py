@@ -305,9 +305,11 @@ def logits_from_hidden(params: Params, x_BTD: Array,
     return logits
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
 def forward_logits(params: Params, cfg: ModelConfig, tokens_BT: Array,
                    precision: Recipe = REFERENCE) -> Array:
-    """Logits at every position of a whole sequence, starting from an empty cache (for checks)."""
+    """Logits at every position of a whole sequence, starting from an empty cache (for checks;
+    one compiled program, where op-by-op dispatch would compile each operation)."""
     B, T = tokens_BT.shape
     cache = KVCache.zeros(cfg, B, T, precision.kv_cache_dtype)
     x, _ = forward_hidden(params, cfg, tokens_BT, jnp.int32(0), cache, precision)

@@ -4,11 +4,22 @@ import os
 import shutil
 import tempfile
 
-# One compilation cache for the whole session, shared with the CLI subprocesses (they inherit
-# the variable): many tests compile the same single-chip reference programs, and an executable
-# loaded from the cache is the very one XLA built, so results are unchanged. Removed at the end.
-XLA_CACHE = tempfile.mkdtemp(prefix="lpu_jax_test_xla_")
-os.environ["LPU_JAX_CACHE_DIR"] = XLA_CACHE
+# One compilation cache for the whole session, shared by the pytest-xdist workers and the CLI
+# subprocesses (they inherit the variable from the process that made it): many tests compile the
+# same single-chip reference programs, and an executable loaded from the cache is the very one
+# XLA built, so results are unchanged. The process that made it removes it at the end.
+_OWN_CACHE = "LPU_JAX_TEST_CACHE" not in os.environ
+if _OWN_CACHE:
+    os.environ["LPU_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="lpu_jax_test_xla_")
+XLA_CACHE = os.environ["LPU_JAX_CACHE_DIR"] = os.environ["LPU_JAX_TEST_CACHE"]
+
+# Compiling, not running, is most of the suite's time on a small CPU, and XLA spends most of a
+# compile in LLVM's optimisation of the generated code; these test programs are tiny, so leave
+# it out. The flags change neither the HLO nor XLA's fusion choices, and every comparison in the
+# suite is between programs built under the same flags; the product keeps XLA's defaults.
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # workers inherit it already set
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 
 import jax  # noqa: E402
 
@@ -20,11 +31,14 @@ from lpu_jax.cli.common import enable_compilation_cache  # noqa: E402
 
 from tests import tiny_models  # noqa: E402
 
-enable_compilation_cache(min_compile_secs=0.0)  # into XLA_CACHE, as the subprocesses do
+# Into XLA_CACHE, as the subprocesses do; programs that compile in under half a second (JAX's
+# one-operation programs) cost more to store than to compile again.
+enable_compilation_cache()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(XLA_CACHE, ignore_errors=True)
+    if _OWN_CACHE:
+        shutil.rmtree(XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def test_two_processes_hold_the_chips_and_produce_the_same_tokens(tiny_checkpoin
          "--tp", "3", "--pp", "2", "--fold=false", "--cpu_devices", "3",
          "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-    outputs = [p.communicate(timeout=600) for p in procs]
+    outputs = [p.communicate(timeout=1800) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err
     result = json.loads(outputs[0][0])

@@ -71,7 +71,7 @@ def test_chat_template_matches_transformers(smollm2):
     assert smollm2.tokenizer.apply_chat_template(messages) == list(expected)
 
 
-@pytest.mark.parametrize("prompt", PROMPTS[::2])
+@pytest.mark.parametrize("prompt", PROMPTS[:1])  # tiny models sweep the rest (test_parity_hf)
 def test_greedy_tokens_match_transformers(smollm2, prompt):
     tokenizer, model = reference()
     ids = smollm2.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
