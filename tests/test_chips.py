@@ -26,9 +26,11 @@ def assert_same_answer(reference, other):
 
 
 # Each head layout once, placed one way or the other: the placement only moves the same
-# per-chip program between devices, so both ways need not run for every model.
+# per-chip program between devices, so both ways need not run for every model. MQA at tp 2 and 4
+# replicates its one KV head 2x and 4x.
 @pytest.mark.parametrize("variant, tp, fold", [("gqa", 3, False), ("mha", 4, True),
-                                               ("biases", 2, False), ("mqa", 1, True)])
+                                               ("biases", 2, False), ("mqa", 2, True),
+                                               ("mqa", 4, False)])
 def test_tensor_parallel_equals_one_chip(tiny_checkpoints, variant, tp, fold):
     model = load_model(tiny_checkpoints.get(variant))
     prompt = tiny_models.random_prompt(11, seed=9)
@@ -50,6 +52,18 @@ def test_each_chip_holds_only_its_share(tiny_checkpoints):
     np.testing.assert_array_equal(layer.wq_DN[0, 1], np.asarray(full.wq_DN)[:, 32:64])
     np.testing.assert_array_equal(layer.wk_DK[0, 1], np.asarray(full.wk_DK)[:, 16:32])
     np.testing.assert_array_equal(layer.wo_ND[0, 1], np.asarray(full.wo_ND)[32:64])
+
+
+def test_chips_beyond_the_kv_heads_hold_copies_of_the_head_they_read(tiny_checkpoints):
+    model = load_model(tiny_checkpoints.get("gqa"))  # 6 query heads, 3 KV heads, head_dim 16
+    assert valid_tp(model.config) == [1, 3, 6]
+    layer = split_params(model.params, model.config, Layout(tp=6)).layers[0]
+    assert layer.wq_DN.shape == (1, 6, 48, 16) and layer.wk_DK.shape == (1, 6, 48, 16)
+    full = np.asarray(model.params.layers[0].wk_DK)
+    for chip in range(6):  # query head `chip` reads KV head chip // 2
+        kv_head = full[:, 16 * (chip // 2):16 * (chip // 2 + 1)]
+        np.testing.assert_array_equal(layer.wk_DK[0, chip], kv_head)
+    assert Layout(tp=6).kv_heads_per_chip(model.config) == 1
 
 
 def test_vocabulary_is_padded_to_split_evenly(tiny_checkpoints):

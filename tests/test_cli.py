@@ -2,8 +2,6 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +13,6 @@ from tests.cli_forks import run_each
 GENERATE = "lpu_jax.cli.generate"
 
 
-def generate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", GENERATE, *args],
-                          capture_output=True, text=True, timeout=1800)
-
-
 def assert_user_error(result: subprocess.CompletedProcess, message: str):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -27,11 +20,8 @@ def assert_user_error(result: subprocess.CompletedProcess, message: str):
     assert message in lines[0], lines[0]
 
 
-def test_json_output_and_dumped_logits(tiny_checkpoints, tmp_path):
-    path = tiny_checkpoints.get("gqa")
-    result = generate("--model", str(path), "--prompt_ids", "5,6,7,8", "--max_new_tokens", "6",
-                      "--json", "--dump_logits", str(tmp_path / "logits.npy"),
-                      "--trace", str(tmp_path / "trace.json"))
+def test_json_output_and_dumped_logits(runs, out_dir):
+    result = runs["json"]
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert set(out) >= {"text", "tokens", "wall", "precision", "emulated"}
@@ -41,20 +31,19 @@ def test_json_output_and_dumped_logits(tiny_checkpoints, tmp_path):
     assert emulated["decode"]["context_positions"] == [5, 4 + len(out["tokens"]) - 1]
     assert emulated["decode"]["cycles_per_token"] > 0 and emulated["memory_per_chip"]["fits"]
     assert emulated["prefill"]["prompt_tokens"] == 4
-    trace = json.loads((tmp_path / "trace.json").read_text())
+    trace = json.loads((out_dir / "trace.json").read_text())
     assert any(e["ph"] == "X" and e["tid"] is not None for e in trace["traceEvents"])
     assert out["precision"]["recipe"] == "f32" and out["precision"]["ratio_to_f32"] == 1.0
     assert len(out["tokens"]) == out["wall"]["decode_tokens"] + 1
     assert set(out["wall"]) >= {"load_s", "compile_s", "prefill_s", "decode_s",
                                 "decode_tokens_per_s"}
-    logits = np.load(tmp_path / "logits.npy")
+    logits = np.load(out_dir / "logits.npy")
     assert logits.shape == (len(out["tokens"]), tiny_models.VOCAB)
     assert np.argmax(logits, axis=-1).tolist() == out["tokens"]  # greedy chose each argmax
 
 
-def test_default_model_answers_the_chat_question():
-    result = generate("--chat", "--prompt", "What is the capital of France?",
-                      "--max_new_tokens", "24")
+def test_default_model_answers_the_chat_question(runs):
+    result = runs["chat"]
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "decode" in result.stderr and "tokens/s" in result.stderr
@@ -117,21 +106,15 @@ def damaged_args(broken, damage: str) -> list[str]:
     return ["--model", str(broken[damage]), "--prompt_ids", "1,2"]
 
 
-@pytest.fixture(scope="module")
-def damaged_runs(broken):
-    return run_each(GENERATE, [damaged_args(broken, damage) for damage, _ in DAMAGES])
-
-
 @pytest.mark.parametrize("damage, message", DAMAGES)
-def test_damaged_checkpoints_are_named(broken, damaged_runs, damage, message):
-    assert_user_error(damaged_runs[tuple(damaged_args(broken, damage))], message)
+def test_damaged_checkpoints_are_named(broken, runs, damage, message):
+    assert_user_error(runs[tuple(damaged_args(broken, damage))], message)
 
 
-def test_flags_are_checked_before_the_weights_load(broken):
+def test_flags_are_checked_before_the_weights_load(runs):
     """A layout the model cannot take is named at once, from the config alone: the damaged
     weights behind it are never read."""
-    assert_user_error(generate("--model", str(broken["truncated"]), "--prompt_ids", "1,2",
-                               "--tp", "3"), "--tp=3 does not divide the model")
+    assert_user_error(runs["checked_first"], "--tp=3 does not divide the model")
 
 
 BAD_FLAGS = [
@@ -157,41 +140,29 @@ BAD_FLAGS = [
     (["--prompt", "hi", "--hardware", "tpu-v9"], "unknown hardware 'tpu-v9'"),
     (["--prompt", "hi", "--trace", "/no/such/dir/t.json"], "--trace: directory /no/such/dir"),
     (["--prompt", "hi", "--hardware", "h100", "--tp", "3"], "the h100 config models one GPU"),
+    (["--prompt", "hi", "--set", "sram=460MB"], "--set sram: '460MB' is not a number"),
     (["--prompt", "hi", "--num_processes", "2", "--process_id", "2", "--coordinator", "h:1"],
      "--process_id must be in [0, 2)"),
 ]
 
 
-@pytest.fixture(scope="module")
-def bad_flag_runs():
-    return run_each(GENERATE, [args for args, _ in BAD_FLAGS])
-
-
 @pytest.mark.parametrize("args, message", BAD_FLAGS)
-def test_bad_flags_get_one_line(bad_flag_runs, args, message):
-    assert_user_error(bad_flag_runs[tuple(args)], message)
+def test_bad_flags_get_one_line(runs, args, message):
+    assert_user_error(runs[tuple(args)], message)
 
 
-def test_prompt_longer_than_the_context(tiny_checkpoints):
-    ids = ",".join(["5"] * 600)  # the tiny models' context is 512
-    assert_user_error(generate("--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", ids),
+def test_prompt_longer_than_the_context(runs):
+    assert_user_error(runs["too_long"],
                       "the prompt has 600 tokens; the model's context is 512")
 
 
-def test_a_failed_run_leaves_no_logits_file(tiny_checkpoints, tmp_path):
-    target = tmp_path / "logits.npy"
-    result = generate("--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", "999",
-                      "--dump_logits", str(target))
-    assert_user_error(result, "prompt token ids must be in [0, 256)")
-    assert list(tmp_path.iterdir()) == []
+def test_a_failed_run_leaves_no_logits_file(runs, out_dir):
+    assert_user_error(runs["failed"], "prompt token ids must be in [0, 256)")
+    assert list((out_dir / "failed").iterdir()) == []
 
 
-def test_a_batch_of_prompts_decodes_with_the_pipeline_full(tmp_path):
-    questions = ["What is the capital of France?", "Name three colors."]
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(questions) + "\n")
-    result = generate("--prompts_file", str(prompts), "--chat", "--pp", "2", "--json",
-                      "--max_new_tokens", "12")
+def test_a_batch_of_prompts_decodes_with_the_pipeline_full(runs):
+    result = runs["batch"]
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["chips"]["pp"] == 2 and "Paris" in out["batch"][0]["text"]
@@ -200,29 +171,67 @@ def test_a_batch_of_prompts_decodes_with_the_pipeline_full(tmp_path):
     # That each sequence of a ring gets its single run's tokens is swept in test_chips.py.
 
 
-def test_a_batch_that_does_not_fill_the_pipeline_gets_one_line(tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("one\ntwo\nthree\n")
-    assert_user_error(generate("--prompts_file", str(prompts), "--pp", "2"),
+def test_a_batch_that_does_not_fill_the_pipeline_gets_one_line(runs):
+    assert_user_error(runs["batch_of_3"],
                       "a batch of 3 prompts does not fit 2 pipeline stages")
 
 
-def test_precision_recipe_from_the_command_line(tiny_checkpoints, tmp_path):
-    recipe = tmp_path / "mine.toml"
-    recipe.write_text('[mlp]\nweights = "int4"\ngroup_size = 32\n[kv_cache]\nformat = "bf16"\n')
-    for precision, most in (("truepoint-int8", 0.27), (str(recipe), 0.8)):
-        result = generate("--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", "5,6,7",
-                          "--max_new_tokens", "3", "--precision", precision, "--json")
-        assert result.returncode == 0, result.stderr
-        report = json.loads(result.stdout)["precision"]
-        assert report["recipe"] == Path(precision).stem
-        assert report["ratio_to_f32"] < most and report["execution"] == "f32-copy"
+@pytest.mark.parametrize("name, recipe, most", [("truepoint-int8", "truepoint-int8", 0.27),
+                                                ("mine.toml", "mine", 0.8)])
+def test_precision_recipe_from_the_command_line(runs, name, recipe, most):
+    result = runs[name]
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["precision"]
+    assert report["recipe"] == recipe
+    assert report["ratio_to_f32"] < most and report["execution"] == "f32-copy"
 
 
-def test_emulated_figures_on_a_gpu_config(tiny_checkpoints):
-    result = generate("--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", "5,6,7",
-                      "--max_new_tokens", "3", "--hardware", "h100", "--json")
+def test_emulated_figures_on_a_gpu_config(runs):
+    result = runs["gpu"]  # with a what-if: half the H100's bandwidth
     assert result.returncode == 0, result.stderr
     emulated = json.loads(result.stdout)["emulated"]
     assert emulated["hardware"] == "h100" and emulated["decode"]["cycles_per_token"] is None
+    assert emulated["what_if"] == {"hbm_bandwidth": 1.675e12}
     assert emulated["memory_per_chip"]["memory"] == "HBM" and emulated["decode"]["tokens_per_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_checkpoints, broken, out_dir):
+    """Every lpu-generate run of this module, each a process of its own forked from one driver
+    that imported Python, JAX and lpu_jax once: CompletedProcess by arguments (the bad flags and
+    damaged checkpoints) or by name (the runs that use this module's files)."""
+    gqa, mha = str(tiny_checkpoints.get("gqa")), str(tiny_checkpoints.get("mha"))
+    (out_dir / "mine.toml").write_text('[mlp]\nweights = "int4"\ngroup_size = 32\n'
+                                       '[kv_cache]\nformat = "bf16"\n')
+    (out_dir / "prompts.txt").write_text("What is the capital of France?\nName three colors.\n")
+    (out_dir / "three.txt").write_text("one\ntwo\nthree\n")
+    (out_dir / "failed").mkdir()
+    short = ["--prompt_ids", "5,6,7", "--max_new_tokens", "3", "--json"]
+    named = {
+        "json": ["--model", gqa, "--prompt_ids", "5,6,7,8", "--max_new_tokens", "6", "--json",
+                 "--dump_logits", str(out_dir / "logits.npy"),
+                 "--trace", str(out_dir / "trace.json")],
+        "chat": ["--chat", "--prompt", "What is the capital of France?",
+                 "--max_new_tokens", "24"],
+        "checked_first": ["--model", str(broken["truncated"]), "--prompt_ids", "1,2",
+                          "--tp", "3"],
+        "too_long": ["--model", mha, "--prompt_ids", ",".join(["5"] * 600)],  # context 512
+        "failed": ["--model", mha, "--prompt_ids", "999",
+                   "--dump_logits", str(out_dir / "failed" / "logits.npy")],
+        "batch": ["--prompts_file", str(out_dir / "prompts.txt"), "--chat", "--pp", "2",
+                  "--json", "--max_new_tokens", "12"],
+        "batch_of_3": ["--prompts_file", str(out_dir / "three.txt"), "--pp", "2"],
+        "truepoint-int8": ["--model", mha, *short, "--precision", "truepoint-int8"],
+        "mine.toml": ["--model", mha, *short, "--precision", str(out_dir / "mine.toml")],
+        "gpu": ["--model", mha, *short, "--hardware", "h100",
+                "--set", "hbm_bandwidth=1.675e12"],
+    }
+    cases = ([args for args, _ in BAD_FLAGS]
+             + [damaged_args(broken, damage) for damage, _ in DAMAGES] + list(named.values()))
+    results = run_each(GENERATE, cases)
+    return {**results, **{name: results[tuple(args)] for name, args in named.items()}}

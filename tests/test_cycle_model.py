@@ -17,7 +17,7 @@ from lpu_jax.config import ModelConfig
 from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
 from lpu_jax.lpu import calibration
-from lpu_jax.lpu.deployment import CycleModel, Deployment, block_of, cycles_by_block
+from lpu_jax.lpu.deployment import CycleModel, Deployment, block_of, cycles_by_block, describe
 from lpu_jax.lpu.hardware import load_hardware
 from lpu_jax.lpu.lowering import ScheduleError
 from lpu_jax.lpu.perfetto import write_trace
@@ -417,6 +417,23 @@ def test_reports_are_deterministic_and_cached():
     assert first["pipeline_full"]["tokens_per_s"] > first["decode"]["tokens_per_s"]
 
 
+def test_what_if_figures_change_the_report_and_are_listed():
+    def report(hardware):
+        model = CycleModel(Deployment(tiny_config(), Layout(), load_recipe("int8-exact"),
+                                      hardware))
+        return model.report(16, [16], context=64)
+
+    base = report(LPU)
+    faster = report(LPU.what_if(["clock=1.8e9"]))
+    assert faster["decode"]["cycles_per_token"] == base["decode"]["cycles_per_token"]
+    assert faster["decode"]["latency_per_token_s"] == pytest.approx(
+        base["decode"]["latency_per_token_s"] / 2)
+    assert base["what_if"] == {} and faster["what_if"] == {"clock": 1.8e9}
+    assert describe(faster).startswith("lpu-v1, clock=1.8e+09, 1 chip(s)")
+    small = report(LPU.what_if([f"sram={base['memory_per_chip']['total_bytes'] - 1}"]))
+    assert not small["memory_per_chip"]["fits"]
+
+
 def test_memory_plan_and_chips_needed():
     big = tiny_config(layers=40, hidden=2560, heads=8, kv_heads=8, intermediate=10240)
     model = CycleModel(Deployment(big, Layout(), load_recipe("int8-exact"), LPU))
@@ -426,7 +443,16 @@ def test_memory_plan_and_chips_needed():
     layout = Layout(tp=needed["tp"], pp=needed["pp"])
     assert layout.num_chips == needed["chips"] > 1
     fitting = CycleModel(Deployment(big, layout, load_recipe("int8-exact"), LPU))
-    assert fitting.report(16, [16], context=256)["memory_per_chip"]["fits"]
+    memory = fitting.report(16, [16], context=256)["memory_per_chip"]
+    assert memory["fits"] and memory["sequences"] == 1
+    most, one = memory["max_sequences"], memory
+    assert most >= 1
+    # The most that fit beside the weights and this run's activations; --batch reserves its own.
+    full = fitting.report(16, [16], most, context=256)["memory_per_chip"]
+    assert full["kv_cache_bytes"] == most * one["kv_cache_bytes"]
+    assert one["weights_bytes"] + full["kv_cache_bytes"] + one["activations_bytes"] <= LPU["sram"]
+    over = fitting.report(16, [16], most + 1, context=256)["memory_per_chip"]
+    assert over["sequences"] == most + 1 and not over["fits"]
 
 
 def test_perfetto_trace_has_a_track_per_chip_and_unit():

@@ -17,15 +17,18 @@ def estimate(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_sweep_of_pipeline_depths_for_llama_2_7b():
-    result = estimate("--config", "Llama-2-7b-hf", "--tp", "8", "--pp", "4,8", "--json")
+    result = estimate("--config", "Llama-2-7b-hf", "--tp", "8", "--pp", "2,8", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     shallow, deep = out["deployments"]
-    assert (shallow["chips"], deep["chips"]) == (32, 64)
+    assert (shallow["chips"], deep["chips"]) == (16, 64)
     # int8 weights: about 6.7 GB over 64 chips, plus the KV cache and activations.
     assert 6.7e9 / 64 < deep["memory_per_chip"]["weights_bytes"] < 1.1 * 6.7e9 / 64
     assert deep["memory_per_chip"]["fits"] and not shallow["memory_per_chip"]["fits"]
-    assert shallow["memory_per_chip"]["chips_needed"]["chips"] > 32
+    assert shallow["memory_per_chip"]["chips_needed"]["chips"] > 16
+    # one stream reserved; the eight the full pipeline holds fit too, and many more
+    assert deep["memory_per_chip"]["sequences"] == 1
+    assert deep["pipeline_full"]["fits"] and deep["memory_per_chip"]["max_sequences"] > 8
     assert deep["pipeline_full"]["tokens_per_s"] > shallow["pipeline_full"]["tokens_per_s"]
     assert deep["decode"]["bottleneck"] in {"MXM", "VXM", "SXM", "MEM", "C2C"}
 
@@ -55,6 +58,9 @@ BAD_INPUT = [
     (["--config", "no-such-model"], "unknown model config 'no-such-model'"),
     ([], "pass --config"),
     (["--config", "Llama-2-7b-hf", "--context", "9000"], "must fit the model's context of 4096"),
+    (["--config", "Llama-2-7b-hf", "--batch", "0"], "--batch must be >= 1"),
+    (["--config", "Llama-2-7b-hf", "--set", "nosuch=1"], "lpu-v1 has no figure 'nosuch'"),
+    (["--config", "Llama-2-7b-hf", "--set", "clock=-1"], "lpu-v1 figure clock must be > 0 Hz"),
 ]
 
 

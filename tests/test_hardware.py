@@ -53,7 +53,9 @@ def good_gpu():
     (lambda c: c.pop("bf16_flops"), "lacks 'bf16_flops' (FLOP/s)"),
     (lambda c: c["hbm_bandwidth"].update(unit="GB/s"), "must be in 'B/s', got 'GB/s'"),
     (lambda c: c["hbm"].update(source=""), "[hbm] has no source"),
-    (lambda c: c["hbm"].update(value="lots"), "value must be a number"),
+    (lambda c: c["hbm"].update(value="lots"), "[hbm] value must be a finite number, got 'lots'"),
+    (lambda c: c["hbm_bandwidth"].update(value=0), "[hbm_bandwidth] value must be > 0 B/s"),
+    (lambda c: c["power_typical"].update(value=-5), "[power_typical] value must be >= 0 W"),
 ])
 def test_bad_configs_are_refused(change, message):
     config = good_gpu()
@@ -74,5 +76,32 @@ def test_figures_can_be_replaced_with_a_source():
     assert lpu["clock"] == 900e6  # the original is unchanged
     with pytest.raises(UserError, match="lpu-v1 has no figure 'clok'"):
         lpu.with_values({"clok": 1.0}, "x")
-    with pytest.raises(UserError, match="clock must be a finite number >= 0"):
+    with pytest.raises(UserError, match="lpu-v1 figure clock must be a finite number"):
         lpu.with_values({"clock": float("inf")}, "x")
+
+
+def test_what_if_settings_replace_figures_in_their_units():
+    lpu = load_hardware("lpu-v1")
+    what_if = lpu.what_if(["clock=1.25e9", " sram = 460e6", "mxm_latency=0"])
+    assert (what_if["clock"], what_if["sram"], what_if["mxm_latency"]) == (1.25e9, 460e6, 0)
+    assert what_if.changed == ("clock", "sram", "mxm_latency") and lpu.changed == ()
+    assert "command line" in what_if.figures["sram"].source
+    assert lpu.what_if([]) is lpu
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["nosuch=1"], "lpu-v1 has no figure 'nosuch'; known: c2c_framing_overhead, "),
+    (["clock=-1"], "lpu-v1 figure clock must be > 0 Hz, got -1"),
+    (["clock=0"], "lpu-v1 figure clock must be > 0 Hz, got 0"),
+    (["clock=fast"], "--set clock: 'fast' is not a number"),
+    (["clock=nan"], "lpu-v1 figure clock must be a finite number, got nan"),
+    (["clock"], "--set takes NAME=VALUE (e.g. clock=1.25e9), got 'clock'"),
+    (["=5"], "--set takes NAME=VALUE"),
+    (["lanes=320.5"], "lpu-v1 figure lanes counts lanes: a whole number >= 1, got 320.5"),
+    (["c2c_framing_overhead=1"], "c2c_framing_overhead is a fraction: 0 <= value < 1, got 1"),
+    (["mem_latency=-3"], "lpu-v1 figure mem_latency must be >= 0 cycles, got -3"),
+    (["clock=1e9", "clock=2e9"], "--set clock is given twice"),
+])
+def test_bad_what_if_settings_are_refused(settings, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_hardware("lpu-v1").what_if(settings)

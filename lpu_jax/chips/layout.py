@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -59,13 +58,20 @@ class Layout:
                                                                         self.pp)])
         return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
+    def kv_heads_per_chip(self, config: ModelConfig) -> int:
+        """KV heads each chip holds: its share, or one copy when there are more chips than KV
+        heads (each KV head is then replicated on the chips whose query heads read it)."""
+        return max(config.num_kv_heads // self.tp, 1)
+
     def layer_slots(self, num_layers: int) -> int:
         """Layers per stage in the per-chip program; shorter stages fill up with identity layers."""
         return -(-num_layers // self.pp)
 
 
 def valid_tp(config: ModelConfig) -> list[int]:
-    """Chip counts that split query heads, KV heads and the MLP evenly (the vocabulary is padded)."""
-    heads = math.gcd(config.num_heads, config.num_kv_heads)
-    return [t for t in range(1, heads + 1)
-            if heads % t == 0 and config.intermediate_size % t == 0]
+    """Chip counts that split the query heads and the MLP evenly and either split the KV heads
+    or hold whole copies of them, as serving engines do beyond the KV head count (the
+    vocabulary is padded)."""
+    heads, kv = config.num_heads, config.num_kv_heads
+    return [t for t in range(1, heads + 1) if heads % t == 0
+            and config.intermediate_size % t == 0 and (kv % t == 0 or t % kv == 0)]

@@ -43,27 +43,45 @@ def _columns(w, tp):
     return jnp.moveaxis(w.reshape(*w.shape[:-1], tp, w.shape[-1] // tp), -2, 0)
 
 
+def _repeat_heads(w, heads, copies):
+    """[..., heads * head_dim] -> [..., heads * copies * head_dim]: each head's block repeated
+    in place, so equal slices give `copies` chips in a row the same head."""
+    if w is None or copies == 1:
+        return w
+    if isinstance(w, QuantizedArray):  # values and per-column scales repeat alike
+        return jax.tree.map(lambda a: _repeat_heads(a, heads, copies), w)
+    blocks = w.reshape(*w.shape[:-1], heads, w.shape[-1] // heads)
+    return jnp.repeat(blocks, copies, axis=-2).reshape(*w.shape[:-1], -1)
+
+
 def _copies(w, n):
     return None if w is None else jnp.broadcast_to(w, (n, *w.shape))
 
 
-def split_layer(layer: LayerParams, tp: int) -> LayerParams:
+def split_layer(layer: LayerParams, tp: int, kv_heads: int) -> LayerParams:
     """One layer -> tp shares, each leaf with a leading [tp] axis.
 
     Column-parallel projections (q, k, v, gate, up) split their outputs; row-parallel ones (o,
-    down) split their inputs and give partial sums.
+    down) split their inputs and give partial sums. With more chips than the `kv_heads` KV
+    heads, each KV head's projections are replicated on the tp // kv_heads chips that read it.
     """
     # Query columns are head-major and query heads are grouped by the KV head they share, so
     # equal column slices of wq, wk and wv keep every query head with its KV head.
+    copies = max(tp // kv_heads, 1)
+
+    def kv(w):
+        return _repeat_heads(w, kv_heads, copies)
+
     return LayerParams(
         attn_norm_D=_copies(layer.attn_norm_D, tp),
-        wq_DN=_columns(layer.wq_DN, tp), wk_DK=_columns(layer.wk_DK, tp),
-        wv_DK=_columns(layer.wv_DK, tp),
+        wq_DN=_columns(layer.wq_DN, tp), wk_DK=_columns(kv(layer.wk_DK), tp),
+        wv_DK=_columns(kv(layer.wv_DK), tp),
         wo_ND=_rows(layer.wo_ND, tp),
         mlp_norm_D=_copies(layer.mlp_norm_D, tp),
         w_gate_DF=_columns(layer.w_gate_DF, tp), w_up_DF=_columns(layer.w_up_DF, tp),
         w_down_FD=_rows(layer.w_down_FD, tp),
-        bq_N=_rows(layer.bq_N, tp), bk_K=_rows(layer.bk_K, tp), bv_K=_rows(layer.bv_K, tp),
+        bq_N=_rows(layer.bq_N, tp), bk_K=_rows(kv(layer.bk_K), tp),
+        bv_K=_rows(kv(layer.bv_K), tp),
         # Added once after the partial sums are reduced, so every chip holds all of it.
         bo_D=_copies(layer.bo_D, tp),
         b_gate_F=_rows(layer.b_gate_F, tp), b_up_F=_rows(layer.b_up_F, tp),
@@ -87,7 +105,7 @@ def split_params(params: Params, config: ModelConfig, layout: Layout) -> Params:
     for slot in range(layout.layer_slots(config.num_layers)):
         per_stage = [params.layers[stage[slot]] if slot < len(stage)
                      else _identity_layer(params.layers[0]) for stage in stages]
-        shares = [split_layer(layer, tp) for layer in per_stage]
+        shares = [split_layer(layer, tp, config.num_kv_heads) for layer in per_stage]
         slots.append(jax.tree.map(lambda *leaves: jnp.stack(leaves), *shares))
 
     def vocab_columns(w):

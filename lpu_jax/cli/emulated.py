@@ -13,8 +13,18 @@ from lpu_jax.cli import common
 HARDWARE = flags.DEFINE_string("hardware", "lpu-v1", "Hardware the cycle model emulates: a name "
                                "from configs/hardware (lpu-v1; h100, h200 for a roofline "
                                "comparison) or a .toml file.")
+SET = flags.DEFINE_multi_string("set", [], "What-if: replace a figure of the --hardware config, "
+                                 "NAME=VALUE in the figure's unit; repeatable (e.g. --set "
+                                 "clock=1.25e9 --set sram=460e6). Reports list what was set.")
 TRACE = flags.DEFINE_string("trace", None, "Write the decode step's static schedule as a Perfetto "
                             "/ Chrome trace JSON, a track per chip and unit (ui.perfetto.dev).")
+
+
+def hardware():
+    """The --hardware config with the --set figures replaced."""
+    from lpu_jax.lpu.hardware import load_hardware
+
+    return load_hardware(HARDWARE.value).what_if(SET.value)
 
 
 def trace_path() -> Path | None:

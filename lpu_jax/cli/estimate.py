@@ -30,7 +30,9 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "Tokens decoded after the 
 _CONTEXT = flags.DEFINE_integer("context", None, "Positions of KV cache each sequence reserves "
                                 "in SRAM (default: prompt_len + new_tokens).")
 _BATCH = flags.DEFINE_integer("batch", None, "Sequences decoded together with the pipeline full, "
-                              "a multiple of pp (default: pp, one per stage).")
+                              "a multiple of pp, their KV caches reserved in SRAM (default: one "
+                              "stream reserved; the pipeline-full figures then assume one "
+                              "sequence per stage, and say whether they fit).")
 
 
 def _integers(values: list[str], flag: str) -> list[int]:
@@ -48,6 +50,8 @@ def main() -> None:
     if _CONFIG.value is None:
         raise UserError("pass --config (a config.json, or a name from configs/models)")
     tps, pps = _integers(_TP.value, "tp"), _integers(_PP.value, "pp")
+    if _BATCH.value is not None and _BATCH.value < 1:
+        raise UserError("--batch must be >= 1")
     if _PROMPT_LEN.value < 1 or _NEW_TOKENS.value < 1:
         raise UserError("--prompt_len and --new_tokens must be >= 1")
     trace_path = emulated.trace_path()
@@ -58,10 +62,9 @@ def main() -> None:
     config = ModelConfig.shipped_or_file(_CONFIG.value)
     from lpu_jax.chips.layout import Layout
     from lpu_jax.lpu.deployment import CycleModel, Deployment, describe
-    from lpu_jax.lpu.hardware import load_hardware
     from lpu_jax.numerics.recipe import load_recipe
 
-    hardware, recipe = load_hardware(emulated.HARDWARE.value), load_recipe(_PRECISION.value)
+    hardware, recipe = emulated.hardware(), load_recipe(_PRECISION.value)
     prompt_len, new_tokens = _PROMPT_LEN.value, _NEW_TOKENS.value
     context = _CONTEXT.value or prompt_len + new_tokens
     if context > config.max_position_embeddings or prompt_len + new_tokens > context:
@@ -72,8 +75,8 @@ def main() -> None:
     for tp in tps:
         for pp in pps:
             layout = Layout(tp=tp, pp=pp)
-            batch = _BATCH.value or pp
-            if batch % pp:
+            batch = _BATCH.value or 1
+            if _BATCH.value and batch % pp:
                 raise UserError(f"--batch {batch} does not split into {pp} equal micro-batches")
             model = CycleModel(Deployment(config, layout, recipe, hardware))
             positions = sorted({prompt_len, prompt_len + new_tokens - 1})

@@ -123,14 +123,13 @@ def main() -> None:
     from lpu_jax.chips.placement import Placement
     from lpu_jax.engine.generate import Engine
     from lpu_jax.lpu.deployment import CycleModel, Deployment, check_chips
-    from lpu_jax.lpu.hardware import load_hardware
     from lpu_jax.numerics.recipe import load_recipe
     from lpu_jax.tokenizer import IncrementalDecoder
 
     # Every flag is checked against the hardware, the devices and the model's config before the
     # weights load (the Engine and the CycleModel check them again): a mistake costs a moment.
     layout = Layout(tp=_TP.value, pp=_PP.value)
-    hardware = load_hardware(emulated.HARDWARE.value)
+    hardware = emulated.hardware()
     check_chips(hardware, layout)
     precision = load_recipe(_PRECISION.value)
     Placement.choose(layout, _FOLD.value)

@@ -154,7 +154,7 @@ class Engine:
         config, layout = self.model.config, self.layout
         return self._on_chips(KVCache.zeros(
             config, batch, length, self.precision.kv_cache_dtype,
-            kv_heads=config.num_kv_heads // layout.tp,
+            kv_heads=layout.kv_heads_per_chip(config),
             layers=layout.layer_slots(config.num_layers)))
 
     def _empty_held(self, batch: int) -> jax.Array:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from lpu_jax.errors import UserError
-from lpu_jax.lpu.hardware import HardwareSpec
+from lpu_jax.lpu.hardware import HardwareSpec, value_problem
 from lpu_jax.lpu.scheduler import Traced, schedule_traced, trace
 from lpu_jax.textfiles import read_toml, shipped, shipped_or_path
 
@@ -167,7 +167,8 @@ class Calibrator:
                 step = max(1.0, round(values[name] / 2))
                 while step >= 1:
                     for candidate in (values[name] - step, values[name] + step):
-                        if not 0 <= candidate <= limit:
+                        unit = hardware.figures[name].unit
+                        if candidate > limit or value_problem(unit, candidate):
                             continue
                         trial = hardware.with_values({**values, name: candidate}, source)
                         error = self.residual(trial)

@@ -16,8 +16,9 @@ them), so a 70B model is estimated without its weights. Schedules are cached per
   with M = 1, where no stage computes on a bubble) plus the chips' static power over the time
   the token takes.
 - SRAM per chip: weights in their storage formats, the KV cache of the run's sequences at its
-  context, and the peak of live intermediate activations. A deployment that does not fit is
-  told the fewest chips that hold the same sequences.
+  context, and the peak of live intermediate activations; and the most sequences whose caches
+  fit beside the weights. A deployment that does not fit is told the fewest chips that hold the
+  same sequences.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class MemoryPlan:
 
     def layer_bytes(self, tp: int) -> int:
         if tp not in self._layer:
-            shares = jax.eval_shape(lambda layer: split_layer(layer, tp), self._stored.layers[0])
+            shares = jax.eval_shape(lambda layer: split_layer(layer, tp, self.config.num_kv_heads),
+                                    self._stored.layers[0])
             self._layer[tp] = _bytes(shares) // tp
         return self._layer[tp]
 
@@ -88,7 +90,7 @@ class MemoryPlan:
         cfg = self.config
         itemsize = jnp.dtype(self.recipe.kv_cache_dtype).itemsize
         return (2 * layout.layer_slots(cfg.num_layers) * batch * context
-                * (cfg.num_kv_heads // layout.tp) * cfg.head_dim * itemsize)
+                * layout.kv_heads_per_chip(cfg) * cfg.head_dim * itemsize)
 
     def chips_needed(self, capacity: float, batch: int, context: int,
                      activations: int) -> Layout | None:
@@ -175,7 +177,7 @@ class CycleModel:
         d = self.deployment
         return jax.eval_shape(lambda: KVCache.zeros(
             d.config, batch, length, d.recipe.kv_cache_dtype,
-            kv_heads=d.config.num_kv_heads // d.layout.tp,
+            kv_heads=d.layout.kv_heads_per_chip(d.config),
             layers=d.layout.layer_slots(d.config.num_layers)))
 
     def step(self, kind: str, batch: int, context: int, prompt_len: int = 0) -> Schedule:
@@ -218,6 +220,7 @@ class CycleModel:
         lone = (self.step("decode", 1, middle) if layout.pp == 1
                 else self.step("ring", layout.pp, middle))
         full = lone if micro == 1 else self.step("ring", micro * layout.pp, middle)
+        streams = micro * layout.pp
         # The first token of one prompt: the batch's prompts are prefilled one after another.
         prefill = self.step("prefill", 1, prompt_len, prompt_len)
 
@@ -226,6 +229,7 @@ class CycleModel:
         if "host_link_latency" in hw.figures:  # the prompt in, the first token out
             host = 2 * hw["host_link_latency"] + 4 * (prompt_len + 1) / hw["host_link_bandwidth"]
         activations = max(s.peak_activation_bytes for s in (self.last_decode, prefill, full))
+        memory = self._memory_plan(batch, context, activations)
         is_lpu = hw.kind == "lpu"
         return {
             "hardware": hw.name,
@@ -246,7 +250,8 @@ class CycleModel:
                 "operations": self.last_decode.operations(),
             },
             "pipeline_full": {
-                "micro_batch": micro, "streams": micro * layout.pp,
+                "micro_batch": micro, "streams": streams,
+                "fits": streams <= memory["max_sequences"],
                 "cycles_per_tick": full.ticks if is_lpu else None,
                 "tokens_per_s": micro / full.seconds,
             },
@@ -254,29 +259,34 @@ class CycleModel:
             "prefill": {"prompt_tokens": prompt_len,
                         "cycles": prefill.ticks if is_lpu else None,
                         "seconds": prefill.seconds, "bottleneck": prefill.bottleneck()},
-            "memory_per_chip": self._memory_plan(batch, context, activations),
+            "memory_per_chip": memory,
             "energy_per_token_j": {
                 "single_stream": lone.energy_pj * chips * 1e-12 + static_w * chips * mean_s,
                 "pipeline_full": (full.energy_pj * chips * 1e-12 / micro
                                   + static_w * chips * full.seconds / micro),
             },
             "estimates_used": hw.estimates(),
+            "what_if": {name: hw[name] for name in hw.changed},
             "scheduling_s": round(self.scheduling_s, 3),
         }
 
     def _memory_plan(self, batch: int, context: int, activations: int) -> dict:
-        """Bytes per chip against the chip's memory (activations: the schedules' peak). The
-        chips needed, when it does not fit, assume the same activation bytes."""
+        """Bytes per chip against the chip's memory for `batch` sequences' KV caches
+        (activations: the schedules' peak), and the most sequences whose caches would fit
+        beside the weights. The chips needed, when it does not fit, assume the same
+        activation bytes."""
         d = self.deployment
         memory = "SRAM" if d.hardware.kind == "lpu" else "HBM"
         capacity = d.hardware[memory.lower()]
         weights = self.memory.weights(d.layout)
         kv = self.memory.kv_cache(d.layout, batch, context)
         total = weights + kv + activations
+        per_sequence = self.memory.kv_cache(d.layout, 1, context)
         plan = {"memory": memory, "weights_bytes": weights, "kv_cache_bytes": kv,
                 "activations_bytes": activations, "total_bytes": total,
                 "capacity_bytes": int(capacity), "fits": total <= capacity, "context": context,
-                "sequences": batch}
+                "sequences": batch,
+                "max_sequences": max(int(capacity - weights - activations) // per_sequence, 0)}
         if total > capacity and d.hardware.kind == "lpu":  # GPU configs model one GPU
             needed = self.memory.chips_needed(capacity, batch, context, activations)
             plan["chips_needed"] = (None if needed is None else
@@ -292,7 +302,8 @@ def describe(emulated: dict) -> str:
     needed = memory.get("chips_needed")
     if needed:
         fits += f"; needs {needed['chips']} chips, e.g. --tp {needed['tp']} --pp {needed['pp']}"
-    return (f"{e['hardware']}, {e['chips']} chip(s) (tp {e['tp']}, pp {e['pp']}): decode "
+    what_if = "".join(f", {name}={value:g}" for name, value in e.get("what_if", {}).items())
+    return (f"{e['hardware']}{what_if}, {e['chips']} chip(s) (tp {e['tp']}, pp {e['pp']}): decode "
             f"{cycles}{dec['latency_per_token_s'] * 1e6:,.1f} us/token, "
             f"{dec['tokens_per_s']:,.0f} tokens/s one stream, "
             f"{e['pipeline_full']['tokens_per_s']:,.0f} with the pipeline full; first token "
@@ -300,7 +311,8 @@ def describe(emulated: dict) -> str:
             f"{_costliest(dec)}; "
             f"{memory['memory']}/chip {memory['total_bytes'] / 1e6:,.1f} of "
             f"{memory['capacity_bytes'] / 1e6:,.1f} MB "
-            f"({fits}); {e['energy_per_token_j']['single_stream'] * 1e3:,.3f} mJ/token")
+            f"({fits}; at most {memory['max_sequences']:,} sequences of {memory['context']:,} "
+            f"positions); {e['energy_per_token_j']['single_stream'] * 1e3:,.3f} mJ/token")
 
 
 def _costliest(decode: dict) -> str:

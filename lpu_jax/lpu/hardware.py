@@ -8,6 +8,7 @@ leave a default in place.
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import MappingProxyType
 from typing import Mapping
 
@@ -40,6 +41,31 @@ UNITS = {
 }
 
 
+# What a value may be, by unit: rates and sizes must be positive (the model divides by them),
+# counts whole numbers, and a fraction below one; latencies, energies and powers may be zero.
+_POSITIVE = {"Hz", "B", "B/s", "MAC/cycle", "B/cycle", "FLOP/s"}
+_COUNTS = {"lanes", "superlanes", "slices", "banks", "streams", "planes", "elements", "ALUs",
+           "units", "links", "chips", "nodes", "streams/plane", "ops"}
+_WHOLE = {"hops"}  # whole numbers, zero allowed
+
+
+def value_problem(unit: str, value) -> str | None:
+    """Why `value` cannot be a figure in `unit`, or None when it can."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if unit in _COUNTS and (value < 1 or value != int(value)):
+        return f"counts {unit}: a whole number >= 1, got {value:g}"
+    if unit in _WHOLE and (value < 0 or value != int(value)):
+        return f"counts {unit}: a whole number >= 0, got {value:g}"
+    if unit in _POSITIVE and value <= 0:
+        return f"must be > 0 {unit}, got {value:g}"
+    if unit == "fraction" and not 0 <= value < 1:
+        return f"is a fraction: 0 <= value < 1, got {value:g}"
+    if value < 0:
+        return f"must be >= 0 {unit}, got {value:g}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Figure:
     value: float
@@ -54,6 +80,7 @@ class HardwareSpec:
     kind: str  # "lpu" or "gpu"
     description: str
     figures: Mapping[str, Figure]
+    changed: tuple[str, ...] = ()  # figures replaced after loading (what-if), in order
 
     def __getitem__(self, key: str) -> float:
         return self.figures[key].value
@@ -70,10 +97,28 @@ class HardwareSpec:
             if key not in figures:
                 raise UserError(f"{self.name} has no figure {key!r}; known: "
                                 f"{', '.join(sorted(figures))}")
-            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
-                raise UserError(f"{key} must be a finite number >= 0, got {value!r}")
+            problem = value_problem(figures[key].unit, value)
+            if problem:
+                raise UserError(f"{self.name} figure {key} {problem}")
             figures[key] = dataclasses.replace(figures[key], value=float(value), source=source)
-        return dataclasses.replace(self, figures=MappingProxyType(figures))
+        changed = self.changed + tuple(k for k in values if k not in self.changed)
+        return dataclasses.replace(self, figures=MappingProxyType(figures), changed=changed)
+
+    def what_if(self, settings: list[str]) -> "HardwareSpec":
+        """The hardware with figures replaced from NAME=VALUE strings (--set), each in the
+        figure's own unit."""
+        values: dict[str, float] = {}
+        for setting in settings:
+            name, equals, text = (part.strip() for part in setting.partition("="))
+            if not equals or not name or not text:
+                raise UserError(f"--set takes NAME=VALUE (e.g. clock=1.25e9), got {setting!r}")
+            if name in values:
+                raise UserError(f"--set {name} is given twice")
+            try:
+                values[name] = float(text)
+            except ValueError:
+                raise UserError(f"--set {name}: {text!r} is not a number") from None
+        return self.with_values(values, "what-if, set on the command line") if values else self
 
 
 def available() -> list[str]:
@@ -104,10 +149,11 @@ def parse(raw: dict, name: str, source: str) -> HardwareSpec:
         if not isinstance(entry, dict) or set(entry) - {"value", "unit", "source", "estimate"}:
             raise UserError(f"{source}: [{key}] takes value, unit, source and estimate only")
         value, unit, cited = entry.get("value"), entry.get("unit"), entry.get("source")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise UserError(f"{source}: [{key}] value must be a number >= 0, got {value!r}")
         if unit != units[key]:
             raise UserError(f"{source}: [{key}] must be in {units[key]!r}, got {unit!r}")
+        problem = value_problem(unit, value)
+        if problem:
+            raise UserError(f"{source}: [{key}] value {problem}")
         if not isinstance(cited, str) or not cited.strip():
             raise UserError(f"{source}: [{key}] has no source")
         figures[key] = Figure(float(value), unit, cited, bool(entry.get("estimate", False)))
