@@ -165,7 +165,10 @@ def test_a_batch_of_prompts_decodes_with_the_pipeline_full(runs):
     result = runs["batch"]
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["chips"]["pp"] == 2 and "Paris" in out["batch"][0]["text"]
+    assert out["chips"]["pp"] == 2 and len(out["batch"]) == 2
+    assert [b["prompt_tokens"] for b in out["batch"]] == [5, 11]  # one token per byte
+    for sequence in out["batch"]:
+        assert 1 <= len(sequence["tokens"]) <= 12 and sequence["text"] is not None
     ring = out["emulated"]["pipeline_full"]
     assert ring["streams"] == 2 and ring["tokens_per_s"] > out["emulated"]["decode"]["tokens_per_s"]
     # That each sequence of a ring gets its single run's tokens is swept in test_chips.py.
@@ -208,7 +211,9 @@ def runs(tiny_checkpoints, broken, out_dir):
     gqa, mha = str(tiny_checkpoints.get("gqa")), str(tiny_checkpoints.get("mha"))
     (out_dir / "mine.toml").write_text('[mlp]\nweights = "int4"\ngroup_size = 32\n'
                                        '[kv_cache]\nformat = "bf16"\n')
-    (out_dir / "prompts.txt").write_text("What is the capital of France?\nName three colors.\n")
+    # A tiny model that reads text, for the prompts files: the real model's answer is "chat".
+    words = str(tiny_models.with_byte_tokenizer(tiny_checkpoints.get("mha"), out_dir / "bytes"))
+    (out_dir / "prompts.txt").write_text("hello\nhello world\n")
     (out_dir / "three.txt").write_text("one\ntwo\nthree\n")
     (out_dir / "failed").mkdir()
     short = ["--prompt_ids", "5,6,7", "--max_new_tokens", "3", "--json"]
@@ -223,9 +228,10 @@ def runs(tiny_checkpoints, broken, out_dir):
         "too_long": ["--model", mha, "--prompt_ids", ",".join(["5"] * 600)],  # context 512
         "failed": ["--model", mha, "--prompt_ids", "999",
                    "--dump_logits", str(out_dir / "failed" / "logits.npy")],
-        "batch": ["--prompts_file", str(out_dir / "prompts.txt"), "--chat", "--pp", "2",
+        "batch": ["--model", words, "--prompts_file", str(out_dir / "prompts.txt"), "--pp", "2",
                   "--json", "--max_new_tokens", "12"],
-        "batch_of_3": ["--prompts_file", str(out_dir / "three.txt"), "--pp", "2"],
+        "batch_of_3": ["--model", words, "--prompts_file", str(out_dir / "three.txt"),
+                       "--pp", "2"],
         "truepoint-int8": ["--model", mha, *short, "--precision", "truepoint-int8"],
         "mine.toml": ["--model", mha, *short, "--precision", str(out_dir / "mine.toml")],
         "gpu": ["--model", mha, *short, "--hardware", "h100",

@@ -121,10 +121,11 @@ def logits_of(engine, prompt, new_tokens=6):
     return engine.generate(prompt, new_tokens, stop_token_ids=(), keep_logits=True)
 
 
-# Each kind of low-bit stored weight once: fp8 (a float the matmul widens), block floating
-# point, int8 summed exactly, int4 groups on a tied embedding. (Half floats widen as fp8 does.)
+# Each kind of low-bit stored weight that widens by more than a cast once: block floating
+# point, int8 summed exactly, int4 groups on a tied embedding. (Floats, fp8 to bf16, widen by
+# a cast alone.)
 @pytest.mark.parametrize("variant, recipe", [
-    ("mha", "truepoint-fp8"), ("mha", "bfp16"), ("mha", "int8-exact"), ("tied", "int4-g32")])
+    ("mha", "bfp16"), ("mha", "int8-exact"), ("tied", "int4-g32")])
 def test_f32_copy_is_bit_identical_to_widening_in_the_matmul(tiny_checkpoints, variant, recipe):
     model = load_model(tiny_checkpoints.get(variant))
     prompt = tiny_models.random_prompt(9, seed=4)

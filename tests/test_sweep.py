@@ -2,11 +2,8 @@
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
-
-import tokenizers
 
 from lpu_jax.cli.sweep import embedded_text
 from tests import tiny_models
@@ -19,22 +16,8 @@ def sweep(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=1800)
 
 
-def with_byte_tokenizer(checkpoint, directory):
-    """A copy of a tiny checkpoint with a byte-level tokenizer: one token per byte, 256 in all,
-    exactly the tiny vocabulary."""
-    shutil.copytree(checkpoint, directory)
-    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
-    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
-    assert len(vocab) == tiny_models.VOCAB
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges=[]))
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = tokenizers.decoders.ByteLevel()
-    tokenizer.save(str(directory / "tokenizer.json"))
-    return directory
-
-
 def test_sweep_table_files_and_plot(tiny_checkpoints, tmp_path):
-    path = with_byte_tokenizer(tiny_checkpoints.get("mha"), tmp_path / "model")
+    path = tiny_models.with_byte_tokenizer(tiny_checkpoints.get("mha"), tmp_path / "model")
     text = tmp_path / "text.txt"
     text.write_text(embedded_text(4000))
     args = ["--model", str(path), "--text", str(text), "--tokens", "300",

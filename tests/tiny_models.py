@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import tokenizers
 import torch
 import transformers
 
@@ -85,3 +87,17 @@ def reference_greedy(model, ids: list[int], new_tokens: int) -> list[int]:
 
 def random_prompt(length: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(3, VOCAB, size=length).tolist()
+
+
+def with_byte_tokenizer(checkpoint: Path, directory: Path) -> Path:
+    """A copy of a tiny checkpoint with a byte-level tokenizer: one token per byte, 256 in all,
+    exactly the tiny vocabulary."""
+    shutil.copytree(checkpoint, directory)
+    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
+    assert len(vocab) == VOCAB
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges=[]))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
