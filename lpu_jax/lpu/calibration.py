@@ -164,10 +164,10 @@ class Calibrator:
             improved = False
             for name in names:
                 limit = max(4 * hardware.figures[name].value, 8)
+                unit = hardware.figures[name].unit
                 step = max(1.0, round(values[name] / 2))
                 while step >= 1:
                     for candidate in (values[name] - step, values[name] + step):
-                        unit = hardware.figures[name].unit
                         if candidate > limit or value_problem(unit, candidate):
                             continue
                         trial = hardware.with_values({**values, name: candidate}, source)

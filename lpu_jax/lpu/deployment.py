@@ -279,9 +279,9 @@ class CycleModel:
         memory = "SRAM" if d.hardware.kind == "lpu" else "HBM"
         capacity = d.hardware[memory.lower()]
         weights = self.memory.weights(d.layout)
-        kv = self.memory.kv_cache(d.layout, batch, context)
-        total = weights + kv + activations
         per_sequence = self.memory.kv_cache(d.layout, 1, context)
+        kv = batch * per_sequence
+        total = weights + kv + activations
         plan = {"memory": memory, "weights_bytes": weights, "kv_cache_bytes": kv,
                 "activations_bytes": activations, "total_bytes": total,
                 "capacity_bytes": int(capacity), "fits": total <= capacity, "context": context,
@@ -302,7 +302,7 @@ def describe(emulated: dict) -> str:
     needed = memory.get("chips_needed")
     if needed:
         fits += f"; needs {needed['chips']} chips, e.g. --tp {needed['tp']} --pp {needed['pp']}"
-    what_if = "".join(f", {name}={value:g}" for name, value in e.get("what_if", {}).items())
+    what_if = "".join(f", {name}={value:g}" for name, value in e["what_if"].items())
     return (f"{e['hardware']}{what_if}, {e['chips']} chip(s) (tp {e['tp']}, pp {e['pp']}): decode "
             f"{cycles}{dec['latency_per_token_s'] * 1e6:,.1f} us/token, "
             f"{dec['tokens_per_s']:,.0f} tokens/s one stream, "
