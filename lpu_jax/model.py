@@ -227,14 +227,19 @@ def _chip_index(axes: tuple[tuple[str, int], ...]) -> Array:
 
 
 @jax.named_scope("embedding")
-def embed(embed_DV: Stored, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], ...] = ()) -> Array:
-    """Embedding vectors. vocab_axes ((name, size), ...) split the vocabulary: each chip holds one
-    slice, looks up the tokens that fall in it, and the psum brings every vector to every chip."""
+def embed(embed_DV: Stored, tokens_BT: Array, vocab_axes: tuple[tuple[str, int], ...] = (),
+          vocab_starts: np.ndarray | None = None) -> Array:
+    """Embedding vectors. vocab_axes ((name, size), ...) split the vocabulary: each chip holds a
+    block of consecutive tokens from vocab_starts[chip] (equal blocks when None; columns past a
+    chip's share are zeros), looks up the tokens that fall in it, and the psum brings every
+    vector to every chip."""
     lookup = lambda ids: jnp.moveaxis(take_columns(embed_DV, ids), 0, -1)  # noqa: E731
     if not vocab_axes:
         return lookup(tokens_BT)
     tokens_here = embed_DV.shape[1]
-    local_BT = tokens_BT - _chip_index(vocab_axes) * tokens_here
+    chip = _chip_index(vocab_axes)
+    first = chip * tokens_here if vocab_starts is None else jnp.asarray(vocab_starts)[chip]
+    local_BT = tokens_BT - first
     mine_BT = (local_BT >= 0) & (local_BT < tokens_here)
     x = jnp.where(mine_BT[..., None], lookup(jnp.clip(local_BT, 0, tokens_here - 1)), 0.0)
     with jax.named_scope("links"):

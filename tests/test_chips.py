@@ -6,7 +6,7 @@ import pytest
 
 from lpu_jax.checkpoint import load_config, load_model
 from lpu_jax.chips.layout import Layout, valid_tp
-from lpu_jax.chips.split import chip_share, padded_vocab, split_params
+from lpu_jax.chips.split import chip_share, split_params
 from lpu_jax.engine.generate import Engine
 from lpu_jax.errors import UserError
 from tests import tiny_models
@@ -68,13 +68,32 @@ def test_chips_beyond_the_kv_heads_hold_copies_of_the_head_they_read(tiny_checkp
 
 def test_vocabulary_is_padded_to_split_evenly(tiny_checkpoints):
     model = load_model(tiny_checkpoints.get("gqa"))
-    assert padded_vocab(256, 3) == 258
+    assert Layout(tp=3).vocab_shares(256) == [86, 86, 86]  # 258 rows, the last two zeros
     shares = split_params(model.params, model.config, Layout(tp=3))
     assert shares.embed_DV.shape == (1, 3, 48, 86)
     np.testing.assert_array_equal(chip_share(shares, 0, 2).embed_DV[:, -2:], 0.0)
     # with stages too, the vocabulary is split over all pp * tp chips
     shares = split_params(model.params, model.config, Layout(tp=3, pp=2))
     assert shares.embed_DV.shape == (2, 3, 48, 43)
+
+
+def test_stages_hold_unequal_rows_of_the_vocabulary(tiny_checkpoints):
+    model = load_model(tiny_checkpoints.get("gqa"))  # 256 tokens
+    layout = Layout(tp=3, pp=3, vocab_rows=(0, 40, 46))  # stage 0's chips hold none
+    shares = split_params(model.params, model.config, layout)
+    assert shares.embed_DV.shape == (3, 3, 48, 46)
+    full = np.asarray(model.params.embed_DV)
+    np.testing.assert_array_equal(shares.embed_DV[0], 0.0)
+    np.testing.assert_array_equal(shares.embed_DV[1, 1, :, :40], full[:, 40:80])
+    np.testing.assert_array_equal(shares.embed_DV[1, 1, :, 40:], 0.0)
+    np.testing.assert_array_equal(shares.embed_DV[2, 1, :, :46], full[:, 166:212])
+    np.testing.assert_array_equal(shares.embed_DV[2, 2, :, :44], full[:, 212:256])
+    # token t's logit is found in the gathered blocks (46 columns per chip, chip-major)
+    columns = layout.vocab_columns(256)
+    assert list(columns[[0, 39, 40, 120, 255]]) == [3 * 46, 3 * 46 + 39, 4 * 46, 6 * 46,
+                                                    8 * 46 + 43]
+    with pytest.raises(ValueError, match="do not hold the 256-token vocabulary"):
+        Layout(tp=3, pp=3, vocab_rows=(0, 40, 45)).check(model.config)
 
 
 @pytest.mark.parametrize("variant, tp, pp, fold", [
@@ -86,6 +105,9 @@ def test_pipeline_stages_equal_one_chip(tiny_checkpoints, variant, tp, pp, fold)
     _, single = run(model, prompt, 20)
     engine, split = run(model, prompt, 20, layout=Layout(tp=tp, pp=pp), fold=fold)
     assert len(engine.placement.devices) == (1 if fold else tp * pp)
+    # The vocabulary where the layers leave room: the short stage holds more of it.
+    rows = engine.layout.vocab_rows
+    assert rows[-1] > rows[0] if variant == "gqa" else sum(rows) * tp >= 256
     assert_same_answer(single, split)
 
 

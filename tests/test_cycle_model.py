@@ -440,7 +440,7 @@ def test_memory_plan_and_chips_needed():
     memory = model.report(16, [16], context=256)["memory_per_chip"]
     assert not memory["fits"] and memory["weights_bytes"] > LPU["sram"]
     needed = memory["chips_needed"]
-    layout = Layout(tp=needed["tp"], pp=needed["pp"])
+    layout = model.memory.balanced(Layout(tp=needed["tp"], pp=needed["pp"]), 1, 256)
     assert layout.num_chips == needed["chips"] > 1
     fitting = CycleModel(Deployment(big, layout, load_recipe("int8-exact"), LPU))
     memory = fitting.report(16, [16], context=256)["memory_per_chip"]

@@ -33,6 +33,41 @@ def test_a_sweep_of_pipeline_depths_for_llama_2_7b():
     assert deep["decode"]["bottleneck"] in {"MXM", "VXM", "SXM", "MEM", "C2C"}
 
 
+def test_llama_2_70b_on_576_chips_fits_one_stream_at_4096_positions():
+    # Groq's size for Llama-2-70B: 80 layers on 72 stages leave eight stages two layers.
+    result = estimate("--config", "Llama-2-70b-hf", "--tp", "8,16", "--pp", "72,36",
+                      "--context", "4096", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {(r["tp"], r["pp"]): r for r in json.loads(result.stdout)["deployments"]}
+    for layout in (8, 72), (16, 36):
+        memory = rows[layout]["memory_per_chip"]
+        assert memory["fits"] and memory["sequences"] == 1 and memory["max_sequences"] >= 1
+
+
+def chosen(*args):
+    result = estimate("--config", "SmolLM2-135M-Instruct", "--chips", "6", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_chips_ranks_every_layout_that_fits():
+    rows = json.loads(chosen("--json"))["deployments"]
+    # SmolLM2 splits at tp 1 and 3: pp 1-6 and pp 1-2, all of which fit in int8.
+    assert sorted((r["tp"], r["pp"]) for r in rows) == [(1, pp) for pp in range(1, 7)] + [
+        (3, 1), (3, 2)]
+    latencies = [r["decode"]["latency_per_token_s"] for r in rows]
+    assert latencies == sorted(latencies)
+    by_throughput = json.loads(chosen("--json", "--objective", "throughput"))["deployments"]
+    rates = [r["at_most_sequences"]["tokens_per_s"] for r in by_throughput]
+    assert rates == sorted(rates, reverse=True) and by_throughput[0] != rows[0]
+    text = chosen("--all").splitlines()
+    assert text[0] == "best of 8 layouts of at most 6 chips that fit, by latency:"
+    best = rows[0]
+    assert text[1].startswith(f"lpu-v1, {best['chips']} chip(s) (tp {best['tp']}, pp "
+                              f"{best['pp']})")
+    assert text[2].split()[:3] == ["hardware", "tp", "pp"] and len(text) == 3 + 8
+
+
 def test_the_gpu_roofline_reads_every_weight_once_per_token():
     result = estimate("--config", "Llama-2-7b-hf", "--hardware", "h100", "--json")
     assert result.returncode == 0, result.stderr
@@ -61,6 +96,13 @@ BAD_INPUT = [
     (["--config", "Llama-2-7b-hf", "--batch", "0"], "--batch must be >= 1"),
     (["--config", "Llama-2-7b-hf", "--set", "nosuch=1"], "lpu-v1 has no figure 'nosuch'"),
     (["--config", "Llama-2-7b-hf", "--set", "clock=-1"], "lpu-v1 figure clock must be > 0 Hz"),
+    (["--config", "Llama-2-7b-hf", "--chips", "0"], "--chips must be >= 1, got 0"),
+    (["--config", "Llama-2-7b-hf", "--chips", "8"],
+     "fits no layout of at most 8 lpu-v1 chip(s) at --context 256; the fewest that hold it "
+     "are 32 (--tp"),
+    (["--config", "Llama-2-7b-hf", "--chips", "8", "--tp", "2"], "--chips chooses --tp and --pp"),
+    (["--config", "Llama-2-7b-hf", "--chips", "8", "--objective", "nonsense"],
+     "flag --objective=nonsense: value should be one of <latency|throughput>"),
 ]
 
 

@@ -16,11 +16,15 @@ PP_AXIS, TP_AXIS = "pp", "tp"
 class Layout:
     """pp pipeline stages, each a group of tp chips that split every layer Megatron-style.
 
-    The vocabulary (embedding and LM head) is split over all pp * tp chips.
+    The vocabulary (embedding and LM head) is split over all pp * tp chips, consecutive rows in
+    chip order (stage-major). `vocab_rows[s]` is how many each chip of stage s holds, so stages
+    with fewer layers can take more of it (chips.memory.balanced chooses them); empty means
+    equal shares.
     """
 
     tp: int = 1
     pp: int = 1
+    vocab_rows: tuple[int, ...] = ()
 
     @property
     def num_chips(self) -> int:
@@ -48,6 +52,11 @@ class Layout:
                 f"{config.num_heads}, num_key_value_heads={config.num_kv_heads}, "
                 f"intermediate_size={config.intermediate_size}); valid: "
                 f"{', '.join(map(str, valid_tp(config)))}")
+        if self.vocab_rows and (len(self.vocab_rows) != self.pp or min(self.vocab_rows) < 0
+                                or sum(self.vocab_rows) * self.tp < config.vocab_size):
+            raise ValueError(f"vocab_rows {self.vocab_rows} do not hold the "
+                             f"{config.vocab_size}-token vocabulary on {self.pp} stages of "
+                             f"{self.tp} chips")
         if self.pp > config.num_layers:
             raise UserError(f"--pp={self.pp} is larger than the model's {config.num_layers} "
                             f"layers; use at most {config.num_layers} pipeline stages")
@@ -57,6 +66,25 @@ class Layout:
         bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(num_layers),
                                                                         self.pp)])
         return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def vocab_shares(self, vocab: int) -> list[int]:
+        """Rows of the vocabulary each chip holds, in chip order; every chip's block is padded
+        to the largest share with zero rows, and the last chips' shares may run past `vocab`."""
+        if not self.vocab_rows:
+            return [-(-vocab // self.num_chips)] * self.num_chips
+        return [rows for rows in self.vocab_rows for _ in range(self.tp)]
+
+    def vocab_columns(self, vocab: int) -> np.ndarray:
+        """Where each token's logit lands in the chips' gathered blocks (chip-major)."""
+        shares = self.vocab_shares(vocab)
+        block = max(shares)
+        columns = np.concatenate([chip * block + np.arange(rows)
+                                  for chip, rows in enumerate(shares)])
+        return columns[:vocab]
+
+    def vocab_starts(self, vocab: int) -> np.ndarray:
+        """The first row of each chip's share, in chip order."""
+        return np.cumsum([0] + self.vocab_shares(vocab)[:-1])
 
     def kv_heads_per_chip(self, config: ModelConfig) -> int:
         """KV heads each chip holds: its share, or one copy when there are more chips than KV

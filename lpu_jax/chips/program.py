@@ -54,11 +54,16 @@ def _from_last_stage(layout: Layout, stage, y, precision: Recipe):
     return jax.lax.psum(sent, PP_AXIS)
 
 
+def _embed(params: Params, config: ModelConfig, layout: Layout, tokens_BT):
+    starts = layout.vocab_starts(config.vocab_size) if layout.vocab_rows else None
+    return embed(params.embed_DV, tokens_BT, layout.vocab_axes, starts)
+
+
 def conveyor(params: Params, config: ModelConfig, layout: Layout, tokens_BT: jax.Array,
              start: jax.Array, cache: KVCache,
              precision: Recipe = REFERENCE) -> tuple[jax.Array, KVCache]:
     """Tokens through every stage; returns the final-norm hidden states on every chip."""
-    x = embed(params.embed_DV, tokens_BT, layout.vocab_axes)
+    x = _embed(params, config, layout, tokens_BT)
     if layout.pp == 1:
         x, cache = run_layers(params.layers, config, x, start, cache, layout.tp_axis,
                               precision=precision)
@@ -80,8 +85,11 @@ def conveyor(params: Params, config: ModelConfig, layout: Layout, tokens_BT: jax
 def _next_token(params, config, layout, sampling, precision, x_B1D, seed, step):
     """Logits and the sampled token; the key comes from the seed and the step, so every chip and
     every process draws the same token with no key to ship around."""
-    logits_BV = logits_from_hidden(params, x_B1D, layout.vocab_axes,
-                                   precision)[:, 0, :config.vocab_size]
+    logits_BV = logits_from_hidden(params, x_B1D, layout.vocab_axes, precision)[:, 0]
+    if layout.vocab_rows:  # the chips' blocks are unequal: pick each token's column
+        logits_BV = jnp.take(logits_BV, layout.vocab_columns(config.vocab_size), axis=1)
+    else:
+        logits_BV = logits_BV[:, :config.vocab_size]
     with jax.named_scope("sampling"):
         key = jax.random.fold_in(jax.random.key(seed), step)
         return sample(logits_BV, key, sampling), logits_BV
@@ -116,7 +124,7 @@ def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, see
     micro-batch (t + 1) mod pp, which leaves the last stage now (meaningful once t >= pp - 1).
     """
     M = tokens_M.shape[0]
-    x = embed(params.embed_DV, tokens_M[:, None], layout.vocab_axes)
+    x = _embed(params, config, layout, tokens_M[:, None])
     if layout.pp == 1:
         stage, working = 0, True
     else:

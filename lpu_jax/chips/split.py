@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lpu_jax.chips.layout import Layout
 from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import LayerParams, Params
 from lpu_jax.numerics.formats import QuantizedArray
-
-
-def padded_vocab(vocab: int, chips: int) -> int:
-    """The vocabulary rounded up so each chip holds an equal slice (padding columns are zeros)."""
-    return -(-vocab // chips) * chips
 
 
 def _rows(w, tp):
@@ -108,19 +104,48 @@ def split_params(params: Params, config: ModelConfig, layout: Layout) -> Params:
         shares = [split_layer(layer, tp, config.num_kv_heads) for layer in per_stage]
         slots.append(jax.tree.map(lambda *leaves: jnp.stack(leaves), *shares))
 
-    def vocab_columns(w):
-        if w is None:
-            return None
-        pad = padded_vocab(config.vocab_size, pp * tp) - w.shape[1]
-        w = _columns(jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, pad))), w), pp * tp)
-        return jax.tree.map(lambda a: a.reshape(pp, tp, *a.shape[1:]), w)
-
     return Params(
-        embed_DV=vocab_columns(params.embed_DV),
+        embed_DV=split_vocab(params.embed_DV, config, layout),
         layers=tuple(slots),
         final_norm_D=_copies(_copies(params.final_norm_D, tp), pp),
-        lm_head_DV=vocab_columns(params.lm_head_DV),
+        lm_head_DV=split_vocab(params.lm_head_DV, config, layout),
     )
+
+
+def split_vocab(w, config: ModelConfig, layout: Layout):
+    """A vocabulary tensor [D, V] -> each chip's rows [pp, tp, D, block], zero-padded to the
+    largest share (layout.vocab_shares)."""
+    if w is None:
+        return None
+    pp, tp, vocab = layout.pp, layout.tp, config.vocab_size
+    rows = layout.vocab_shares(vocab)
+    block = max(rows)
+    # Column k of chip c's block is token starts[c] + k, or a zero column past its share.
+    tokens = layout.vocab_starts(vocab)[:, None] + np.arange(block)
+    picks = np.where((np.arange(block) < np.array(rows)[:, None]) & (tokens < vocab),
+                     tokens, vocab)
+
+    def blocks(a):  # every leaf keeps the vocabulary last: [rows, V]
+        padded = jnp.pad(a, ((0, 0), (0, 1)))
+        chips = jnp.take(padded, picks.reshape(-1), axis=1).reshape(a.shape[0], pp, tp, block)
+        return jnp.moveaxis(chips, 0, 2)
+
+    return jax.tree.map(blocks, w)
+
+
+def abstract_chip_params(stored: Params, config: ModelConfig, layout: Layout) -> Params:
+    """One chip's parameter shapes from a stored model's first layer and vocabulary (every
+    layer has the same shapes): what split_params gives each chip, without splitting them all."""
+    def one_chip(tree, axes):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[axes:], a.dtype), tree)
+
+    layer = one_chip(jax.eval_shape(lambda w: split_layer(w, layout.tp, config.num_kv_heads),
+                                    stored.layers[0]), 1)
+    vocab = one_chip(jax.eval_shape(lambda e, h: (split_vocab(e, config, layout),
+                                                  split_vocab(h, config, layout)),
+                                    stored.embed_DV, stored.lm_head_DV), 2)
+    return Params(embed_DV=vocab[0], layers=(layer,) * layout.layer_slots(config.num_layers),
+                  final_norm_D=one_chip(stored.final_norm_D, 0), lm_head_DV=vocab[1])
 
 
 def chip_share(stacked, stage: int, chip: int):

@@ -34,6 +34,14 @@ _BATCH = flags.DEFINE_integer("batch", None, "Sequences decoded together with th
                               "stream reserved; the pipeline-full figures then assume one "
                               "sequence per stage, and say whether they fit).")
 
+_CHIPS = flags.DEFINE_integer("chips", None, "Choose the layout: every tp x pp of at most this "
+                              "many chips that fits, ranked by --objective; prints the best "
+                              "(--all: every one).")
+_OBJECTIVE = flags.DEFINE_enum("objective", "latency", ["latency", "throughput"],
+                               "What --chips ranks by: single-stream time per token, or tokens/s "
+                               "with the most sequences that fit in flight.")
+_ALL = flags.DEFINE_bool("all", False, "With --chips, a table of every layout that fits.")
+
 
 def _integers(values: list[str], flag: str) -> list[int]:
     try:
@@ -50,18 +58,25 @@ def main() -> None:
     if _CONFIG.value is None:
         raise UserError("pass --config (a config.json, or a name from configs/models)")
     tps, pps = _integers(_TP.value, "tp"), _integers(_PP.value, "pp")
+    chips = _CHIPS.value
+    if chips is not None and (flags.FLAGS["tp"].present or flags.FLAGS["pp"].present):
+        raise UserError("--chips chooses --tp and --pp: give --chips, or --tp and --pp")
+    if chips is not None and chips < 1:
+        raise UserError(f"--chips must be >= 1, got {chips}")
     if _BATCH.value is not None and _BATCH.value < 1:
         raise UserError("--batch must be >= 1")
     if _PROMPT_LEN.value < 1 or _NEW_TOKENS.value < 1:
         raise UserError("--prompt_len and --new_tokens must be >= 1")
     trace_path = emulated.trace_path()
-    if trace_path is not None and len(tps) * len(pps) > 1:
+    if trace_path is not None and (chips is not None or len(tps) * len(pps) > 1):
         raise UserError("--trace takes one deployment: give --tp and --pp one value each")
     from lpu_jax.config import ModelConfig
 
     config = ModelConfig.shipped_or_file(_CONFIG.value)
     from lpu_jax.chips.layout import Layout
-    from lpu_jax.lpu.deployment import CycleModel, Deployment, describe
+    from lpu_jax.chips.memory import MemoryPlan
+    from lpu_jax.lpu.deployment import CycleModel, Deployment, describe, tabulate
+    from lpu_jax.lpu.search import fewest_chips, search
     from lpu_jax.numerics.recipe import load_recipe
 
     hardware, recipe = emulated.hardware(), load_recipe(_PRECISION.value)
@@ -71,15 +86,41 @@ def main() -> None:
         raise UserError(f"prompt_len + new_tokens = {prompt_len + new_tokens} and --context "
                         f"{context} must fit the model's context of "
                         f"{config.max_position_embeddings} positions, in that order")
+    positions = sorted({prompt_len, prompt_len + new_tokens - 1})
+    header = {"config": _CONFIG.value, "precision": recipe.name, "prompt_len": prompt_len,
+              "new_tokens": new_tokens}
+    if chips is not None:
+        rows = search(config, recipe, hardware, chips, _OBJECTIVE.value, prompt_len, positions,
+                      _BATCH.value, context)
+        if not rows:
+            fewest = fewest_chips(config, recipe, hardware, prompt_len, positions,
+                                  _BATCH.value or 1, context)
+            advice = ("no layout fits: even one layer per stage is too big" if fewest is None
+                      else f"the fewest that hold it are {fewest.num_chips} (--tp {fewest.tp} "
+                      f"--pp {fewest.pp})")
+            raise UserError(f"{_CONFIG.value} fits no layout of at most {chips} "
+                            f"{hardware.name} chip(s) at --context {context}; {advice}")
+        if common.JSON.value:
+            print(json.dumps({**header, "chips": chips, "objective": _OBJECTIVE.value,
+                              "deployments": rows}))
+            return
+        print(f"best of {len(rows)} layouts of at most {chips} chips that fit, by "
+              f"{_OBJECTIVE.value}:")
+        print(describe(rows[0]))
+        if _ALL.value:
+            print("\n".join(tabulate(rows)))
+        return
+    plan = MemoryPlan(config, recipe)
     rows = []
     for tp in tps:
         for pp in pps:
             layout = Layout(tp=tp, pp=pp)
+            layout.check(config)
             batch = _BATCH.value or 1
             if _BATCH.value and batch % pp:
                 raise UserError(f"--batch {batch} does not split into {pp} equal micro-batches")
-            model = CycleModel(Deployment(config, layout, recipe, hardware))
-            positions = sorted({prompt_len, prompt_len + new_tokens - 1})
+            layout = plan.balanced(layout, batch, context)
+            model = CycleModel(Deployment(config, layout, recipe, hardware), plan)
             rows.append(model.report(prompt_len, positions, batch, context))
             if trace_path is not None:
                 emulated.save_trace(model.last_decode, trace_path,
@@ -88,8 +129,6 @@ def main() -> None:
     if single and not rows[0]["memory_per_chip"]["fits"]:
         raise UserError(_does_not_fit(rows[0], _CONFIG.value, hardware.name))
     if common.JSON.value:
-        header = {"config": _CONFIG.value, "precision": recipe.name, "prompt_len": prompt_len,
-                  "new_tokens": new_tokens}
         print(json.dumps({**header, **rows[0]} if single else {**header, "deployments": rows}))
         return
     for row in rows:

@@ -24,6 +24,7 @@ import numpy as np
 from lpu_jax.checkpoint import LoadedModel
 from lpu_jax.chips import program
 from lpu_jax.chips.layout import Layout
+from lpu_jax.chips.memory import MemoryPlan
 from lpu_jax.chips.placement import Placement
 from lpu_jax.chips.split import split_params
 from lpu_jax.engine.sampling import SamplingConfig
@@ -114,8 +115,11 @@ class Engine:
             raise UserError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
         self.model = model
         self.sampling = sampling
-        self.layout = layout
         self.precision = load_recipe(precision)
+        if not layout.vocab_rows:  # the vocabulary where the layers leave room, as estimated
+            layout = MemoryPlan(model.config, self.precision).balanced(
+                layout, 1, model.config.max_position_embeddings)
+        self.layout = layout
         self.placement = Placement.choose(layout, fold)
         stored = store_params(model.params, self.precision)
         # The weights as stored in device memory, in the recipe's formats.

@@ -30,10 +30,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lpu_jax.checkpoint.assemble import abstract_params
 from lpu_jax.chips import program
-from lpu_jax.chips.layout import Layout, valid_tp
-from lpu_jax.chips.split import padded_vocab, split_layer, split_params
+from lpu_jax.chips.layout import Layout
+from lpu_jax.chips.memory import MemoryPlan
+from lpu_jax.chips.split import abstract_chip_params
 from lpu_jax.config import ModelConfig
 from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
@@ -41,16 +41,6 @@ from lpu_jax.lpu.hardware import HardwareSpec
 from lpu_jax.lpu.scheduler import Schedule, schedule
 from lpu_jax.model import BLOCKS, LAYER_SCOPE, KVCache
 from lpu_jax.numerics.recipe import Recipe
-from lpu_jax.numerics.store import store_params
-
-
-def _bytes(tree) -> int:
-    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
-
-
-def _per_chip(stacked):
-    """Abstract per-chip shapes from a tree stacked on the leading chip axes."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[2:], a.dtype), stacked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,52 +50,6 @@ class Deployment:
     recipe: Recipe
     hardware: HardwareSpec
     sampling: SamplingConfig = SamplingConfig()
-
-
-class MemoryPlan:
-    """Bytes per chip of weights and KV cache for any (tp, pp), from one abstract layer and the
-    abstract vocabulary tensors, so finding the chips a model needs is arithmetic."""
-
-    def __init__(self, config: ModelConfig, recipe: Recipe):
-        self.config, self.recipe = config, recipe
-        self._stored = jax.eval_shape(lambda p: store_params(p, recipe),
-                                      abstract_params(dataclasses.replace(config, num_layers=1)))
-        self._layer = {}
-
-    def layer_bytes(self, tp: int) -> int:
-        if tp not in self._layer:
-            shares = jax.eval_shape(lambda layer: split_layer(layer, tp, self.config.num_kv_heads),
-                                    self._stored.layers[0])
-            self._layer[tp] = _bytes(shares) // tp
-        return self._layer[tp]
-
-    def weights(self, layout: Layout) -> int:
-        cfg, chips = self.config, layout.num_chips
-        vocab = _bytes(self._stored.embed_DV) + _bytes(self._stored.lm_head_DV)
-        vocab_share = vocab * padded_vocab(cfg.vocab_size, chips) // (cfg.vocab_size * chips)
-        return (layout.layer_slots(cfg.num_layers) * self.layer_bytes(layout.tp) + vocab_share
-                + _bytes(self._stored.final_norm_D))
-
-    def kv_cache(self, layout: Layout, batch: int, context: int) -> int:
-        cfg = self.config
-        itemsize = jnp.dtype(self.recipe.kv_cache_dtype).itemsize
-        return (2 * layout.layer_slots(cfg.num_layers) * batch * context
-                * layout.kv_heads_per_chip(cfg) * cfg.head_dim * itemsize)
-
-    def chips_needed(self, capacity: float, batch: int, context: int,
-                     activations: int) -> Layout | None:
-        """The layout with the fewest chips whose share fits `capacity` (fewer tp chips on a tie:
-        they stay inside a node), or None when even one layer per stage does not fit."""
-        best = None
-        for tp in valid_tp(self.config):
-            for pp in range(1, self.config.num_layers + 1):
-                layout = Layout(tp=tp, pp=pp)
-                if (self.weights(layout) + self.kv_cache(layout, batch, context)
-                        + activations <= capacity):
-                    if best is None or layout.num_chips < best.num_chips:
-                        best = layout
-                    break
-        return best
 
 
 def block_of(scope: str) -> str:
@@ -148,7 +92,7 @@ def check_chips(hardware: HardwareSpec, layout: Layout) -> None:
 class CycleModel:
     """Schedules one deployment's per-chip steps; cached per shape."""
 
-    def __init__(self, deployment: Deployment):
+    def __init__(self, deployment: Deployment, memory: MemoryPlan | None = None):
         d = self.deployment = deployment
         d.layout.check(d.config)
         check_chips(d.hardware, d.layout)
@@ -156,17 +100,14 @@ class CycleModel:
         self._precision = d.recipe.with_kernel("xla")  # the plain-JAX twin of any kernel
         self._params = None
         self._schedules: dict[tuple, Schedule] = {}
-        self.memory = MemoryPlan(d.config, d.recipe)
+        self.memory = memory or MemoryPlan(d.config, d.recipe)
         self.scheduling_s = 0.0
         self.last_decode: Schedule | None = None  # the decode step of the latest report
 
     def _chip_params(self):
         if self._params is None:
             d = self.deployment
-            stacked = jax.eval_shape(
-                lambda p: split_params(store_params(p, d.recipe), d.config, d.layout),
-                abstract_params(d.config))
-            self._params = _per_chip(stacked)
+            self._params = abstract_chip_params(self.memory.stored_one_layer, d.config, d.layout)
         return self._params
 
     def visible(self, positions: int) -> int:
@@ -228,9 +169,11 @@ class CycleModel:
         host = 0.0
         if "host_link_latency" in hw.figures:  # the prompt in, the first token out
             host = 2 * hw["host_link_latency"] + 4 * (prompt_len + 1) / hw["host_link_bandwidth"]
-        activations = max(s.peak_activation_bytes for s in (self.last_decode, prefill, full))
+        # The steady state's live values; the prompt's are not reserved (see _prefill_chunk).
+        activations = max(s.peak_activation_bytes for s in (self.last_decode, lone, full))
         memory = self._memory_plan(batch, context, activations)
         is_lpu = hw.kind == "lpu"
+        most = memory["max_sequences"]
         return {
             "hardware": hw.name,
             "chips": chips, "tp": layout.tp, "pp": layout.pp,
@@ -255,10 +198,14 @@ class CycleModel:
                 "cycles_per_tick": full.ticks if is_lpu else None,
                 "tokens_per_s": micro / full.seconds,
             },
+            "at_most_sequences": {"sequences": most,
+                                  "tokens_per_s": self._tokens_per_s_at(most, middle)},
             "time_to_first_token_s": prefill.seconds + host,
             "prefill": {"prompt_tokens": prompt_len,
                         "cycles": prefill.ticks if is_lpu else None,
-                        "seconds": prefill.seconds, "bottleneck": prefill.bottleneck()},
+                        "seconds": prefill.seconds, "bottleneck": prefill.bottleneck(),
+                        "activations_bytes": prefill.peak_activation_bytes,
+                        "chunk_tokens": self._prefill_chunk(prefill, prompt_len, memory)},
             "memory_per_chip": memory,
             "energy_per_token_j": {
                 "single_stream": lone.energy_pj * chips * 1e-12 + static_w * chips * mean_s,
@@ -270,33 +217,51 @@ class CycleModel:
             "scheduling_s": round(self.scheduling_s, 3),
         }
 
+    def _tokens_per_s_at(self, sequences: int, context: int) -> float:
+        """Tokens/s of `sequences` streams: the ring full with whole micro-batches of them, or,
+        with fewer streams than stages, all of them decoded together through every stage."""
+        pp = self.deployment.layout.pp
+        if sequences < pp or sequences == 1:
+            return sequences / self.step("decode", sequences, context).seconds if sequences else 0.0
+        micro = sequences // pp
+        return micro / self.step("ring", micro * pp, context).seconds
+
     def _memory_plan(self, batch: int, context: int, activations: int) -> dict:
-        """Bytes per chip against the chip's memory for `batch` sequences' KV caches
-        (activations: the schedules' peak), and the most sequences whose caches would fit
-        beside the weights. The chips needed, when it does not fit, assume the same
+        """The fullest chip's bytes against its memory for `batch` sequences' KV caches
+        (activations: the decode and ring steps' peak), and the most sequences whose caches
+        would fit beside the weights. The chips needed, when it does not fit, assume the same
         activation bytes."""
         d = self.deployment
         memory = "SRAM" if d.hardware.kind == "lpu" else "HBM"
         capacity = d.hardware[memory.lower()]
-        weights = self.memory.weights(d.layout)
-        per_sequence = self.memory.kv_cache(d.layout, 1, context)
-        kv = batch * per_sequence
-        total = weights + kv + activations
-        plan = {"memory": memory, "weights_bytes": weights, "kv_cache_bytes": kv,
+        held = self.memory.fullest(d.layout, batch, context)
+        total = held.weights + held.kv_cache + activations
+        plan = {"memory": memory, "weights_bytes": held.weights, "kv_cache_bytes": held.kv_cache,
                 "activations_bytes": activations, "total_bytes": total,
                 "capacity_bytes": int(capacity), "fits": total <= capacity, "context": context,
                 "sequences": batch,
-                "max_sequences": max(int(capacity - weights - activations) // per_sequence, 0)}
+                "max_sequences": self.memory.max_sequences(d.layout, context,
+                                                           capacity - activations)}
         if total > capacity and d.hardware.kind == "lpu":  # GPU configs model one GPU
             needed = self.memory.chips_needed(capacity, batch, context, activations)
             plan["chips_needed"] = (None if needed is None else
                                     {"chips": needed.num_chips, "tp": needed.tp, "pp": needed.pp})
         return plan
 
+    @staticmethod
+    def _prefill_chunk(prefill: Schedule, prompt_len: int, memory: dict) -> int:
+        """Prompt tokens whose live values fit the memory the weights, the caches and the
+        steady state leave: the program prefills the whole prompt at once, a compiler for the
+        chip would take it in chunks of this many (an assumption: the time above is the
+        whole prompt's, chunks would reinstall weights)."""
+        room = memory["capacity_bytes"] - memory["total_bytes"] + memory["activations_bytes"]
+        per_token = prefill.peak_activation_bytes / prompt_len
+        return min(prompt_len, max(int(room // per_token), 0)) if per_token else prompt_len
 
 def describe(emulated: dict) -> str:
     """One line for a terminal."""
     e, dec, memory = emulated, emulated["decode"], emulated["memory_per_chip"]
+    most = e["at_most_sequences"]
     cycles = f"{dec['cycles_per_token']:,} cycles = " if dec["cycles_per_token"] else ""
     fits = "fits" if memory["fits"] else "does NOT fit"
     needed = memory.get("chips_needed")
@@ -306,13 +271,39 @@ def describe(emulated: dict) -> str:
     return (f"{e['hardware']}{what_if}, {e['chips']} chip(s) (tp {e['tp']}, pp {e['pp']}): decode "
             f"{cycles}{dec['latency_per_token_s'] * 1e6:,.1f} us/token, "
             f"{dec['tokens_per_s']:,.0f} tokens/s one stream, "
-            f"{e['pipeline_full']['tokens_per_s']:,.0f} with the pipeline full; first token "
+            f"{e['pipeline_full']['tokens_per_s']:,.0f} with the pipeline full"
+            f"{'' if e['pipeline_full']['fits'] else ' (its caches would not fit)'}, "
+            f"{most['tokens_per_s']:,.0f} at the most sequences that fit; first token "
             f"{e['time_to_first_token_s'] * 1e3:,.3f} ms; bottleneck {dec['bottleneck']}"
             f"{_costliest(dec)}; "
             f"{memory['memory']}/chip {memory['total_bytes'] / 1e6:,.1f} of "
             f"{memory['capacity_bytes'] / 1e6:,.1f} MB "
-            f"({fits}; at most {memory['max_sequences']:,} sequences of {memory['context']:,} "
+            f"({fits}; at most {_sequences(memory['max_sequences'])} of {memory['context']:,} "
             f"positions); {e['energy_per_token_j']['single_stream'] * 1e3:,.3f} mJ/token")
+
+
+def _sequences(n: int) -> str:
+    return f"{n:,} sequence{'' if n == 1 else 's'}"
+
+
+TABLE_COLUMNS = ("hardware", "tp", "pp", "chips", "us/token", "tokens/s 1 stream",
+                 "tokens/s most", "sequences", "first token ms", "MB/chip", "mJ/token")
+
+
+def tabulate(reports: list[dict]) -> list[str]:
+    """One aligned row per report, under a header: the figures people compare deployments by."""
+    rows = [TABLE_COLUMNS] + [(
+        e["hardware"], str(e["tp"]), str(e["pp"]), f"{e['chips']:,}",
+        f"{e['decode']['latency_per_token_s'] * 1e6:,.1f}",
+        f"{e['decode']['tokens_per_s']:,.0f}",
+        f"{e['at_most_sequences']['tokens_per_s']:,.0f}",
+        f"{e['at_most_sequences']['sequences']:,}",
+        f"{e['time_to_first_token_s'] * 1e3:,.2f}",
+        f"{e['memory_per_chip']['total_bytes'] / 1e6:,.1f}",
+        f"{e['energy_per_token_j']['single_stream'] * 1e3:,.1f}") for e in reports]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    return ["  ".join(cell.rjust(w) if i else cell.ljust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
 
 
 def _costliest(decode: dict) -> str:
