@@ -372,6 +372,18 @@ def test_gpu_roofline():
     assert result.ticks == math.ceil(moved / h100["hbm_bandwidth"] * 1e9)
 
 
+@pytest.mark.parametrize("collective, share", [
+    (lambda x: jax.lax.psum(x, "tp"), 2 * 7 / 8),  # reduce-scatter, then all-gather
+    (lambda x: jax.lax.all_gather(x, "tp"), 7),  # the seven other GPUs' operands arrive
+    (lambda x: jax.lax.ppermute(x, "tp", [(i, (i + 1) % 8) for i in range(8)]), 1)])
+def test_gpu_collectives_pay_a_latency_and_their_bytes_over_nvlink(collective, share):
+    h100 = load_hardware("h100")
+    result = schedule(collective, S((1, 8192), jnp.float32), hardware=h100,
+                      axes=(("tp", 8),))
+    seconds = h100["nvlink_latency"] + share * 8192 * 4 / h100["nvlink_bandwidth"]
+    assert result.ticks == math.ceil(seconds * 1e9)
+
+
 def tiny_config(layers=4, hidden=640, heads=8, kv_heads=8, intermediate=1280) -> ModelConfig:
     return ModelConfig.from_hf_dict(dict(
         model_type="llama", vocab_size=1000, hidden_size=hidden, intermediate_size=intermediate,

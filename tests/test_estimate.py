@@ -85,6 +85,37 @@ def test_trace_of_one_deployment(tmp_path):
     assert {e["pid"] for e in events if e["ph"] == "X"} == {0, 1, 2}
 
 
+def test_a_node_of_gpus_pays_nvlink_for_every_all_reduce():
+    result = estimate("--config", "Llama-2-7b-hf", "--hardware", "h100", "--tp", "8",
+                      "--precision", "bf16", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    weights = out["memory_per_chip"]["weights_bytes"]
+    # each GPU reads its eighth of the weights; two all-reduces per layer wait on NVLink (int8
+    # activations add two more: each row-parallel input's scale is a max over the node)
+    floor = weights / 3.35e12 + 2 * 32 * 8e-6
+    assert floor < out["decode"]["latency_per_token_s"] < 1.2 * floor
+    assert out["power_w"] == 8 * 700
+
+
+def test_the_lpu_next_to_gpus():
+    result = estimate("--config", "Llama-2-7b-hf", "--hardware", "lpu-v1,h100,h200", "--json")
+    assert result.returncode == 0, result.stderr
+    lpu, h100, h200 = json.loads(result.stdout)["hardware"]
+    assert (lpu["hardware"], h100["hardware"], h200["hardware"]) == ("lpu-v1", "h100", "h200")
+    # each on the fewest devices that hold it: int8 weights of 6.7 GB
+    assert lpu["chips"] == 32 and h100["chips"] == h200["chips"] == 1
+    assert lpu["memory_per_chip"]["fits"] and h100["memory_per_chip"]["memory"] == "HBM"
+    ratio = h200["decode"]["tokens_per_s"] / h100["decode"]["tokens_per_s"]
+    assert ratio == pytest.approx(4.8 / 3.35, rel=0.05)  # decode reads the weights: bandwidth
+    assert (h200["at_most_sequences"]["sequences"] > h100["at_most_sequences"]["sequences"]
+            > lpu["at_most_sequences"]["sequences"] >= 1)
+    table = estimate("--config", "Llama-2-7b-hf", "--hardware", "lpu-v1,h100,h200")
+    lines = table.stdout.splitlines()
+    assert len(lines) == 4 and lines[0].split()[:4] == ["hardware", "tp", "pp", "chips"]
+    assert [line.split()[0] for line in lines[1:]] == ["lpu-v1", "h100", "h200"]
+
+
 BAD_INPUT = [
     (["--config", "Llama-2-7b-hf", "--tp", "8"], "it needs at least"),
     (["--config", "Mixtral-8x7B-v0.1"], "mixture of experts"),
@@ -97,6 +128,12 @@ BAD_INPUT = [
     (["--config", "Llama-2-7b-hf", "--set", "nosuch=1"], "lpu-v1 has no figure 'nosuch'"),
     (["--config", "Llama-2-7b-hf", "--set", "clock=-1"], "lpu-v1 figure clock must be > 0 Hz"),
     (["--config", "Llama-2-7b-hf", "--chips", "0"], "--chips must be >= 1, got 0"),
+    (["--config", "Llama-2-7b-hf", "--hardware", "h100", "--tp", "16"],
+     "the h100 config models one node of 8 GPUs"),
+    (["--config", "Llama-2-7b-hf", "--hardware", "lpu-v1,h100", "--set", "clock=1e9"],
+     "--set changes the figures of one --hardware config"),
+    (["--config", "Llama-2-7b-hf", "--hardware", "lpu-v1,h100", "--tp", "1,2"],
+     "several --hardware configs compare one deployment each"),
     (["--config", "Llama-2-7b-hf", "--chips", "8"],
      "fits no layout of at most 8 lpu-v1 chip(s) at --context 256; the fewest that hold it "
      "are 32 (--tp"),

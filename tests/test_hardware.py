@@ -43,7 +43,10 @@ def good_gpu():
     return {"kind": "gpu", "hbm": {"value": 1e9, "unit": "B", "source": "s"},
             "hbm_bandwidth": {"value": 1e12, "unit": "B/s", "source": "s"},
             "bf16_flops": {"value": 1e15, "unit": "FLOP/s", "source": "s"},
-            "power_typical": {"value": 700, "unit": "W", "source": "s"}}
+            "power_typical": {"value": 700, "unit": "W", "source": "s"},
+            "gpus_per_node": {"value": 8, "unit": "chips", "source": "s"},
+            "nvlink_bandwidth": {"value": 4e11, "unit": "B/s", "source": "s"},
+            "nvlink_latency": {"value": 1e-5, "unit": "s", "source": "s", "estimate": True}}
 
 
 @pytest.mark.parametrize("change, message", [
@@ -56,6 +59,7 @@ def good_gpu():
     (lambda c: c["hbm"].update(value="lots"), "[hbm] value must be a finite number, got 'lots'"),
     (lambda c: c["hbm_bandwidth"].update(value=0), "[hbm_bandwidth] value must be > 0 B/s"),
     (lambda c: c["power_typical"].update(value=-5), "[power_typical] value must be >= 0 W"),
+    (lambda c: c["gpus_per_node"].update(value=0.5), "[gpus_per_node] value counts chips: a whole number >= 1, got 0.5"),
 ])
 def test_bad_configs_are_refused(change, message):
     config = good_gpu()

@@ -112,13 +112,13 @@ class MemoryPlan:
             rows[fullest] -= 1
         return dataclasses.replace(layout, vocab_rows=tuple(rows))
 
-    def chips_needed(self, capacity: float, sequences: int, context: int,
-                     activations: int) -> Layout | None:
-        """The layout with the fewest chips whose fullest chip fits `capacity` (fewer tp chips
-        on a tie: they stay inside a node), or None when even one layer per stage does not."""
-        best = None
+    def chips_needed(self, capacity: float, sequences: int, context: int, activations: int,
+                     most_chips: int | None = None) -> Layout | None:
+        """The layout with the fewest chips (at most `most_chips`) whose fullest chip fits
+        `capacity` (fewer tp chips on a tie: they stay inside a node), or None."""
+        best, bound = None, most_chips or self.config.num_layers * self.config.num_heads
         for tp in valid_tp(self.config):
-            for pp in range(1, self.config.num_layers + 1):
+            for pp in range(1, min(self.config.num_layers, bound // tp) + 1):
                 layout = self.balanced(Layout(tp=tp, pp=pp), sequences, context)
                 held = self.fullest(layout, sequences, context)
                 if held.weights + held.kv_cache + activations <= capacity:

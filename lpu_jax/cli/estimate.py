@@ -2,11 +2,13 @@
 
 No weights are read: the per-chip program is traced with abstract shapes and scheduled by the
 cycle model, so models far bigger than this machine can be sized. --tp and --pp take lists, and
-every combination is one row: sweeping the chip count is one flag away.
+every combination is one row; --chips N chooses the best layout of at most N chips; several
+--hardware configs give one row each, side by side.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -54,12 +56,30 @@ def _integers(values: list[str], flag: str) -> list[int]:
     return numbers
 
 
+@dataclasses.dataclass(frozen=True)
+class _Question:
+    """What every deployment is estimated for: the model, the recipe and the run."""
+
+    name: str
+    config: object  # ModelConfig
+    recipe: object  # Recipe
+    prompt_len: int
+    positions: list[int]  # the decode steps' positions
+    batch: int | None  # --batch, or None for one stream
+    context: int
+
+    def header(self) -> dict:
+        return {"config": self.name, "precision": self.recipe.name,
+                "prompt_len": self.prompt_len,
+                "new_tokens": self.positions[-1] - self.prompt_len + 1}
+
+
 def main() -> None:
     if _CONFIG.value is None:
         raise UserError("pass --config (a config.json, or a name from configs/models)")
     tps, pps = _integers(_TP.value, "tp"), _integers(_PP.value, "pp")
-    chips = _CHIPS.value
-    if chips is not None and (flags.FLAGS["tp"].present or flags.FLAGS["pp"].present):
+    chips, explicit = _CHIPS.value, flags.FLAGS["tp"].present or flags.FLAGS["pp"].present
+    if chips is not None and explicit:
         raise UserError("--chips chooses --tp and --pp: give --chips, or --tp and --pp")
     if chips is not None and chips < 1:
         raise UserError(f"--chips must be >= 1, got {chips}")
@@ -67,87 +87,149 @@ def main() -> None:
         raise UserError("--batch must be >= 1")
     if _PROMPT_LEN.value < 1 or _NEW_TOKENS.value < 1:
         raise UserError("--prompt_len and --new_tokens must be >= 1")
+    hardware = emulated.hardware_list()
+    if len(hardware) > 1 and len(tps) * len(pps) > 1:
+        raise UserError("several --hardware configs compare one deployment each: give --tp "
+                        "and --pp one value each, or --chips")
     trace_path = emulated.trace_path()
-    if trace_path is not None and (chips is not None or len(tps) * len(pps) > 1):
+    if trace_path is not None and (chips is not None or len(hardware) * len(tps) * len(pps) > 1):
         raise UserError("--trace takes one deployment: give --tp and --pp one value each")
     from lpu_jax.config import ModelConfig
-
-    config = ModelConfig.shipped_or_file(_CONFIG.value)
-    from lpu_jax.chips.layout import Layout
-    from lpu_jax.chips.memory import MemoryPlan
-    from lpu_jax.lpu.deployment import CycleModel, Deployment, describe, tabulate
-    from lpu_jax.lpu.search import fewest_chips, search
     from lpu_jax.numerics.recipe import load_recipe
 
-    hardware, recipe = emulated.hardware(), load_recipe(_PRECISION.value)
+    config = ModelConfig.shipped_or_file(_CONFIG.value)
+    recipe = load_recipe(_PRECISION.value)
     prompt_len, new_tokens = _PROMPT_LEN.value, _NEW_TOKENS.value
     context = _CONTEXT.value or prompt_len + new_tokens
     if context > config.max_position_embeddings or prompt_len + new_tokens > context:
         raise UserError(f"prompt_len + new_tokens = {prompt_len + new_tokens} and --context "
                         f"{context} must fit the model's context of "
                         f"{config.max_position_embeddings} positions, in that order")
-    positions = sorted({prompt_len, prompt_len + new_tokens - 1})
-    header = {"config": _CONFIG.value, "precision": recipe.name, "prompt_len": prompt_len,
-              "new_tokens": new_tokens}
-    if chips is not None:
-        rows = search(config, recipe, hardware, chips, _OBJECTIVE.value, prompt_len, positions,
-                      _BATCH.value, context)
-        if not rows:
-            fewest = fewest_chips(config, recipe, hardware, prompt_len, positions,
-                                  _BATCH.value or 1, context)
-            advice = ("no layout fits: even one layer per stage is too big" if fewest is None
-                      else f"the fewest that hold it are {fewest.num_chips} (--tp {fewest.tp} "
-                      f"--pp {fewest.pp})")
-            raise UserError(f"{_CONFIG.value} fits no layout of at most {chips} "
-                            f"{hardware.name} chip(s) at --context {context}; {advice}")
-        if common.JSON.value:
-            print(json.dumps({**header, "chips": chips, "objective": _OBJECTIVE.value,
-                              "deployments": rows}))
-            return
-        print(f"best of {len(rows)} layouts of at most {chips} chips that fit, by "
-              f"{_OBJECTIVE.value}:")
-        print(describe(rows[0]))
-        if _ALL.value:
-            print("\n".join(tabulate(rows)))
-        return
-    plan = MemoryPlan(config, recipe)
+    question = _Question(_CONFIG.value, config, recipe, prompt_len,
+                         sorted({prompt_len, prompt_len + new_tokens - 1}), _BATCH.value, context)
+    if len(hardware) > 1:
+        _compare(question, hardware, (tps[0], pps[0]) if explicit else None)
+    elif chips is not None:
+        _choose(question, hardware[0], chips)
+    else:
+        _sweep(question, hardware[0], tps, pps, trace_path)
+
+
+def _report(question: _Question, hardware, tp: int, pp: int) -> tuple[dict, object]:
+    """One deployment's report (and its cycle model), the vocabulary balanced for the run."""
+    from lpu_jax.chips.layout import Layout
+    from lpu_jax.chips.memory import MemoryPlan
+    from lpu_jax.lpu.deployment import CycleModel, Deployment
+
+    q, layout = question, Layout(tp=tp, pp=pp)
+    layout.check(q.config)
+    batch = q.batch or 1
+    if q.batch and batch % pp:
+        raise UserError(f"--batch {batch} does not split into {pp} equal micro-batches")
+    plan = MemoryPlan(q.config, q.recipe)
+    model = CycleModel(Deployment(q.config, plan.balanced(layout, batch, q.context), q.recipe,
+                                  hardware), plan)
+    return model.report(q.prompt_len, q.positions, batch, q.context), model
+
+
+def _sweep(question: _Question, hardware, tps: list[int], pps: list[int], trace_path) -> None:
+    """--tp x --pp: a row per combination."""
+    from lpu_jax.lpu.deployment import describe
+
     rows = []
     for tp in tps:
         for pp in pps:
-            layout = Layout(tp=tp, pp=pp)
-            layout.check(config)
-            batch = _BATCH.value or 1
-            if _BATCH.value and batch % pp:
-                raise UserError(f"--batch {batch} does not split into {pp} equal micro-batches")
-            layout = plan.balanced(layout, batch, context)
-            model = CycleModel(Deployment(config, layout, recipe, hardware), plan)
-            rows.append(model.report(prompt_len, positions, batch, context))
+            row, model = _report(question, hardware, tp, pp)
+            rows.append(row)
             if trace_path is not None:
                 emulated.save_trace(model.last_decode, trace_path,
                                     f"decode, {hardware.name}, tp={tp} pp={pp}")
     single = len(rows) == 1
     if single and not rows[0]["memory_per_chip"]["fits"]:
-        raise UserError(_does_not_fit(rows[0], _CONFIG.value, hardware.name))
+        raise UserError(_does_not_fit(rows[0], question.name, hardware))
     if common.JSON.value:
-        print(json.dumps({**header, **rows[0]} if single else {**header, "deployments": rows}))
+        print(json.dumps({**question.header(), **rows[0]} if single else
+                         {**question.header(), "deployments": rows}))
         return
     for row in rows:
         print(describe(row))
     if not single and not any(r["memory_per_chip"]["fits"] for r in rows):
-        print(_does_not_fit(rows[-1], _CONFIG.value, hardware.name), file=sys.stderr)
+        print(_does_not_fit(rows[-1], question.name, hardware), file=sys.stderr)
 
 
-def _does_not_fit(row: dict, model: str, hardware: str) -> str:
+def _chosen(question: _Question, hardware, chips: int) -> list[dict]:
+    """Every layout of at most `chips` that fits, the best first; refused when none does."""
+    from lpu_jax.lpu.search import fewest_chips, search
+
+    q = question
+    rows = search(q.config, q.recipe, hardware, chips, _OBJECTIVE.value, q.prompt_len,
+                  q.positions, q.batch, q.context)
+    if not rows:
+        fewest = fewest_chips(q.config, q.recipe, hardware, q.prompt_len, q.positions,
+                              q.batch or 1, q.context)
+        advice = ("no layout fits: even one layer per stage is too big" if fewest is None
+                  else f"the fewest that hold it are {fewest.num_chips} (--tp {fewest.tp} "
+                  f"--pp {fewest.pp})")
+        raise UserError(f"{q.name} fits no layout of at most {chips} {hardware.name} chip(s) "
+                        f"at --context {q.context}; {advice}")
+    return rows
+
+
+def _choose(question: _Question, hardware, chips: int) -> None:
+    """--chips N: the best layout, or all of them."""
+    from lpu_jax.lpu.deployment import describe, tabulate
+
+    rows = _chosen(question, hardware, chips)
+    if common.JSON.value:
+        print(json.dumps({**question.header(), "chips": chips, "objective": _OBJECTIVE.value,
+                          "deployments": rows}))
+        return
+    print(f"best of {len(rows)} layouts of at most {chips} chips that fit, by "
+          f"{_OBJECTIVE.value}:")
+    print(describe(rows[0]))
+    if _ALL.value:
+        print("\n".join(tabulate(rows)))
+
+
+def _compare(question: _Question, hardware: list, layout: tuple[int, int] | None) -> None:
+    """Several --hardware configs, a row each: the --tp/--pp layout, the best of --chips, or
+    else the fewest devices that hold the model."""
+    from lpu_jax.lpu.deployment import tabulate
+    from lpu_jax.lpu.search import fewest_chips
+
+    q, rows = question, []
+    for spec in hardware:
+        if layout is not None:
+            row, _ = _report(q, spec, *layout)
+        elif _CHIPS.value is not None:
+            row = _chosen(q, spec, _CHIPS.value)[0]
+        else:
+            fewest = fewest_chips(q.config, q.recipe, spec, q.prompt_len, q.positions,
+                                  q.batch or 1, q.context)
+            if fewest is None:
+                raise UserError(_does_not_fit(_report(q, spec, 1, 1)[0], q.name, spec))
+            row, _ = _report(q, spec, fewest.tp, fewest.pp)
+        if not row["memory_per_chip"]["fits"]:
+            raise UserError(_does_not_fit(row, q.name, spec))
+        rows.append(row)
+    if common.JSON.value:
+        print(json.dumps({**q.header(), "hardware": rows}))
+        return
+    print("\n".join(tabulate(rows)))
+
+
+def _does_not_fit(row: dict, model: str, hardware) -> str:
     memory = row["memory_per_chip"]
     needed = memory.get("chips_needed")
-    if "chips_needed" not in memory:
-        advice = "this config models one GPU; choose a smaller recipe or context"
+    if needed is None and hardware.kind == "gpu":
+        advice = (f"no layout of one node's {hardware['gpus_per_node']:.0f} GPUs holds it; "
+                  "choose a smaller recipe or context")
     elif needed is None:
         advice = "no layout fits: even one layer per stage is too big"
     else:
         advice = (f"it needs at least {needed['chips']} chips, e.g. --tp {needed['tp']} "
                   f"--pp {needed['pp']}")
-    return (f"{model} does not fit {row['chips']} {hardware} chip(s) at tp={row['tp']} "
+    return (f"{model} does not fit {row['chips']} {hardware.name} chip(s) at tp={row['tp']} "
             f"pp={row['pp']}: {memory['total_bytes'] / 1e6:,.0f} MB per chip against "
             f"{memory['capacity_bytes'] / 1e6:,.0f} MB; {advice}")
 

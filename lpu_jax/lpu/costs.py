@@ -37,7 +37,8 @@ Units:
 GPU (one tick = one nanosecond): a roofline. A matrix product takes the longer of its HBM bytes
 (operands in their storage dtypes, result) at the HBM bandwidth and its FLOPs at the bf16 matrix
 rate; reads and writes move their bytes; elementwise work is taken as fused into its neighbours
-(free). One GPU only: collectives are not modelled.
+(free). A node's GPUs meet over NVLink: each collective costs a latency plus its bytes at one
+GPU's NVLink bandwidth (no overlap with compute, as in a plain decode step).
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ import math
 
 import numpy as np
 
-from lpu_jax.errors import UserError
 from lpu_jax.lpu.hardware import HardwareSpec
-from lpu_jax.lpu.topology import Network
+from lpu_jax.lpu.topology import ALL_REDUCE, GATHERING, SCATTERING, Network
 
 ACCUMULATOR_BYTES = 4  # int32 or f32 results of the MXM
 
@@ -293,9 +293,21 @@ class GpuCosts:
         return FREE
 
     def collective(self, network: Network, kind: str, axis_names, nbytes: int, perm=()) -> Cost:
-        if network.group_size(tuple(axis_names)) == 1:
+        """NCCL-style over NVSwitch: all-reduce as reduce-scatter then all-gather (2(g-1)/g of
+        the operand over each GPU's links), all_gather receives the g-1 other operands,
+        reduce-scatter and all_to_all (g-1)/g of it, ppermute the operand; plus one latency."""
+        g = network.group_size(tuple(axis_names))
+        if g == 1 or nbytes == 0 or (kind == "ppermute" and not perm):
             return FREE
-        raise UserError(f"the {self.hw.name} config models one GPU; use --tp 1 --pp 1")
+        share = {"ppermute": 1.0}.get(kind) or (
+            2 * (g - 1) / g if kind in ALL_REDUCE else
+            g - 1 if kind in GATHERING else (g - 1) / g if kind in SCATTERING else None)
+        if share is None:
+            raise ValueError(f"no cost for collective {kind!r}")
+        moved = share * nbytes
+        return self._seconds_to_cost(self.hw["nvlink_latency"]
+                                     + moved / self.hw["nvlink_bandwidth"],
+                                     f"{moved:.0f} B over NVLink")
 
 
 def costs_for(hardware: HardwareSpec):

@@ -83,10 +83,16 @@ def cycles_per_layer(step: Schedule, layers: int) -> int:
     return round(step.cycles_by_scope(_in_layer).get(LAYER_SCOPE, 0) / max(layers, 1))
 
 
+def most_chips(hardware: HardwareSpec) -> int | None:
+    """The most chips a deployment may have: a GPU config models one NVLink node."""
+    return int(hardware["gpus_per_node"]) if hardware.kind == "gpu" else None
+
+
 def check_chips(hardware: HardwareSpec, layout: Layout) -> None:
-    """GPU configs are a roofline of one GPU: they take no chip-to-chip network."""
-    if hardware.kind == "gpu" and layout.num_chips > 1:
-        raise UserError(f"the {hardware.name} config models one GPU: use --tp 1 --pp 1")
+    bound = most_chips(hardware)
+    if bound is not None and layout.num_chips > bound:
+        raise UserError(f"the {hardware.name} config models one node of {bound} GPUs: use at "
+                        f"most {bound} (tp x pp = {layout.num_chips})")
 
 
 class CycleModel:
@@ -212,6 +218,7 @@ class CycleModel:
                 "pipeline_full": (full.energy_pj * chips * 1e-12 / micro
                                   + static_w * chips * full.seconds / micro),
             },
+            "power_w": hw["power_typical"] * chips,
             "estimates_used": hw.estimates(),
             "what_if": {name: hw[name] for name in hw.changed},
             "scheduling_s": round(self.scheduling_s, 3),
@@ -242,8 +249,9 @@ class CycleModel:
                 "sequences": batch,
                 "max_sequences": self.memory.max_sequences(d.layout, context,
                                                            capacity - activations)}
-        if total > capacity and d.hardware.kind == "lpu":  # GPU configs model one GPU
-            needed = self.memory.chips_needed(capacity, batch, context, activations)
+        if total > capacity:
+            needed = self.memory.chips_needed(capacity, batch, context, activations,
+                                              most_chips(d.hardware))
             plan["chips_needed"] = (None if needed is None else
                                     {"chips": needed.num_chips, "tp": needed.tp, "pp": needed.pp})
         return plan
@@ -287,7 +295,7 @@ def _sequences(n: int) -> str:
 
 
 TABLE_COLUMNS = ("hardware", "tp", "pp", "chips", "us/token", "tokens/s 1 stream",
-                 "tokens/s most", "sequences", "first token ms", "MB/chip", "mJ/token")
+                 "tokens/s most", "sequences", "first token ms", "MB/chip", "J/token", "kW")
 
 
 def tabulate(reports: list[dict]) -> list[str]:
@@ -300,7 +308,8 @@ def tabulate(reports: list[dict]) -> list[str]:
         f"{e['at_most_sequences']['sequences']:,}",
         f"{e['time_to_first_token_s'] * 1e3:,.2f}",
         f"{e['memory_per_chip']['total_bytes'] / 1e6:,.1f}",
-        f"{e['energy_per_token_j']['single_stream'] * 1e3:,.1f}") for e in reports]
+        f"{e['energy_per_token_j']['single_stream']:,.3f}",
+        f"{e['power_w'] / 1e3:,.1f}") for e in reports]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
     return ["  ".join(cell.rjust(w) if i else cell.ljust(w)
                       for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]

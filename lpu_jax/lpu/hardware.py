@@ -37,7 +37,8 @@ UNITS = {
         "mxm_pass_overhead": "cycles/pass", "vxm_ops_logistic": "ops", "vxm_ops_tanh": "ops",
         "vxm_ops_exp": "ops", "vxm_ops_div": "ops", "vxm_ops_polynomial": "ops",
     },
-    "gpu": {"hbm": "B", "hbm_bandwidth": "B/s", "bf16_flops": "FLOP/s", "power_typical": "W"},
+    "gpu": {"hbm": "B", "hbm_bandwidth": "B/s", "bf16_flops": "FLOP/s", "power_typical": "W",
+            "gpus_per_node": "chips", "nvlink_bandwidth": "B/s", "nvlink_latency": "s"},
 }
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 from lpu_jax.chips.layout import Layout, valid_tp
 from lpu_jax.chips.memory import MemoryPlan
 from lpu_jax.config import ModelConfig
-from lpu_jax.lpu.deployment import CycleModel, Deployment
+from lpu_jax.lpu.deployment import CycleModel, Deployment, most_chips
 from lpu_jax.lpu.hardware import HardwareSpec
 from lpu_jax.numerics.recipe import Recipe
 
@@ -42,7 +42,7 @@ def search(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, chips: i
     """The reports of every layout that fits in `chips` chips, the best first (ties: fewer
     chips, then fewer tp chips)."""
     plan, room = MemoryPlan(config, recipe), capacity(hardware)
-    sequences = batch or 1
+    sequences, chips = batch or 1, min(chips, most_chips(hardware) or chips)
     rows = []
     for layout in candidates(config, chips, batch):
         layout = plan.balanced(layout, sequences, context)
@@ -63,7 +63,8 @@ def fewest_chips(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, pr
     then checked with its schedules' activations until they agree), or None."""
     plan, activations = MemoryPlan(config, recipe), 0
     for _ in range(4):
-        layout = plan.chips_needed(capacity(hardware), sequences, context, activations)
+        layout = plan.chips_needed(capacity(hardware), sequences, context, activations,
+                                   most_chips(hardware))
         if layout is None:
             return None
         row = CycleModel(Deployment(config, layout, recipe, hardware), plan).report(
