@@ -27,9 +27,10 @@ def assert_same_answer(reference, other):
 
 # Each head layout once, placed one way or the other: the placement only moves the same
 # per-chip program between devices, so both ways need not run for every model. MQA at tp 2 and 4
-# replicates its one KV head 2x and 4x.
+# replicates its one KV head 2x and 4x, both ways.
 @pytest.mark.parametrize("variant, tp, fold", [("gqa", 3, False), ("mha", 4, True),
                                                ("biases", 2, False), ("mqa", 2, True),
+                                               ("mqa", 2, False), ("mqa", 4, True),
                                                ("mqa", 4, False)])
 def test_tensor_parallel_equals_one_chip(tiny_checkpoints, variant, tp, fold):
     model = load_model(tiny_checkpoints.get(variant))
@@ -169,7 +170,8 @@ def test_ring_sequences_stop_on_their_own_and_200_tokens_compile_nothing_new(tin
     prompts = [tiny_models.random_prompt(6, seed=30 + i) for i in range(4)]
     free = [Engine(model).generate(p, 10, stop_token_ids=()).tokens for p in prompts]
     stop = free[1][4]  # ends sequence 1 early (and any other that produces it)
-    engine = Engine(model, layout=Layout(pp=2), fold=True)
+    # uneven stages (3 layers on 2), the vocabulary by memory, the one KV head on both tp chips
+    engine = Engine(model, layout=Layout(tp=2, pp=2), fold=True)
     batch = engine.generate_batch(prompts, 10, stop_token_ids=(stop,))
     for expected, got in zip(free, batch):
         cut = expected.index(stop) + 1 if stop in expected else len(expected)
@@ -181,6 +183,9 @@ def test_ring_sequences_stop_on_their_own_and_200_tokens_compile_nothing_new(tin
     long_again = engine.generate_batch(prompts, 190, stop_token_ids=())
     assert engine.compile_count == compiled + 2  # one prefill and one ring tick for 256 slots
     assert long_again[0].wall.compile_s == 0.0
+    one = engine.generate(prompts[0], 200, stop_token_ids=())
+    assert one.tokens == long[0].tokens and engine.compile_count == compiled + 4
+    assert engine.generate(prompts[1], 190, stop_token_ids=()).wall.compile_s == 0.0
 
 
 def test_a_batch_that_does_not_fill_the_pipeline_is_refused(tiny_checkpoints):

@@ -68,6 +68,16 @@ def test_chips_ranks_every_layout_that_fits():
     assert text[2].split()[:3] == ["hardware", "tp", "pp"] and len(text) == 3 + 8
 
 
+def test_pictures_of_the_chosen_layouts_and_the_best_ones_schedule(tmp_path):
+    plot, gantt = tmp_path / "chips.png", tmp_path / "gantt.png"
+    chosen("--plot", str(plot), "--gantt", str(gantt))
+    for picture in plot, gantt:
+        data = picture.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    # nothing is left beside them (written through a temporary file, then renamed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chips.png", "gantt.png"]
+
+
 def test_the_gpu_roofline_reads_every_weight_once_per_token():
     result = estimate("--config", "Llama-2-7b-hf", "--hardware", "h100", "--json")
     assert result.returncode == 0, result.stderr
@@ -120,7 +130,8 @@ BAD_INPUT = [
     (["--config", "Llama-2-7b-hf", "--tp", "8"], "it needs at least"),
     (["--config", "Mixtral-8x7B-v0.1"], "mixture of experts"),
     (["--config", "Llama-2-7b-hf", "--pp", "1,x"], "--pp takes comma-separated integers"),
-    (["--config", "Llama-2-7b-hf", "--pp", "2,4", "--trace", "t.json"], "--trace takes one"),
+    (["--config", "Llama-2-7b-hf", "--pp", "2,4", "--trace", "t.json"],
+     "--trace and --gantt show one deployment"),
     (["--config", "no-such-model"], "unknown model config 'no-such-model'"),
     ([], "pass --config"),
     (["--config", "Llama-2-7b-hf", "--context", "9000"], "must fit the model's context of 4096"),
@@ -128,6 +139,11 @@ BAD_INPUT = [
     (["--config", "Llama-2-7b-hf", "--set", "nosuch=1"], "lpu-v1 has no figure 'nosuch'"),
     (["--config", "Llama-2-7b-hf", "--set", "clock=-1"], "lpu-v1 figure clock must be > 0 Hz"),
     (["--config", "Llama-2-7b-hf", "--chips", "0"], "--chips must be >= 1, got 0"),
+    (["--config", "Llama-2-7b-hf", "--tp", "8", "--pp", "4,8", "--gantt", "g.png"],
+     "--trace and --gantt show one deployment"),
+    (["--config", "Llama-2-7b-hf", "--plot", "chips.jpg"], "--plot must end in .png, got chips.jpg"),
+    (["--config", "Llama-2-7b-hf", "--gantt", "/no/such/dir/g.png"],
+     "--gantt: directory /no/such/dir does not exist"),
     (["--config", "Llama-2-7b-hf", "--hardware", "h100", "--tp", "16"],
      "the h100 config models one node of 8 GPUs"),
     (["--config", "Llama-2-7b-hf", "--hardware", "lpu-v1,h100", "--set", "clock=1e9"],

@@ -47,6 +47,14 @@ def check_output_path(path: str, flag: str) -> Path:
     return out
 
 
+def check_png_path(path: str, flag: str) -> Path:
+    """A picture's path: a .png in a directory that exists, refused before any work."""
+    out = check_output_path(path, flag)
+    if out.suffix != ".png":
+        raise UserError(f"{flag} must end in .png, got {out.name}")
+    return out
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write beside the target, then rename: a failure never leaves a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -43,6 +43,12 @@ _OBJECTIVE = flags.DEFINE_enum("objective", "latency", ["latency", "throughput"]
                                "What --chips ranks by: single-stream time per token, or tokens/s "
                                "with the most sequences that fit in flight.")
 _ALL = flags.DEFINE_bool("all", False, "With --chips, a table of every layout that fits.")
+_PLOT = flags.DEFINE_string("plot", None, "Draw tokens/s (one stream, pipeline full) against "
+                            "chips for the deployments reported (a sweep, --chips, several "
+                            "--hardware): a PNG.")
+_GANTT = flags.DEFINE_string("gantt", None, "Draw the decode step's schedule of the deployment "
+                             "(the best of --chips): units against time, a band per chip of the "
+                             "first stage, coloured by model block; a PNG.")
 
 
 def _integers(values: list[str], flag: str) -> list[int]:
@@ -92,8 +98,13 @@ def main() -> None:
         raise UserError("several --hardware configs compare one deployment each: give --tp "
                         "and --pp one value each, or --chips")
     trace_path = emulated.trace_path()
-    if trace_path is not None and (chips is not None or len(hardware) * len(tps) * len(pps) > 1):
-        raise UserError("--trace takes one deployment: give --tp and --pp one value each")
+    gantt_path, plot_path = (common.check_png_path(value, flag) if value else None
+                             for value, flag in ((_GANTT.value, "--gantt"),
+                                                 (_PLOT.value, "--plot")))
+    one = len(hardware) == 1 and (chips is not None or len(tps) * len(pps) == 1)
+    if (trace_path or gantt_path) and not one:
+        raise UserError("--trace and --gantt show one deployment: give --tp and --pp one value "
+                        "each (or --chips, for the best) and one --hardware")
     from lpu_jax.config import ModelConfig
     from lpu_jax.numerics.recipe import load_recipe
 
@@ -108,11 +119,35 @@ def main() -> None:
     question = _Question(_CONFIG.value, config, recipe, prompt_len,
                          sorted({prompt_len, prompt_len + new_tokens - 1}), _BATCH.value, context)
     if len(hardware) > 1:
-        _compare(question, hardware, (tps[0], pps[0]) if explicit else None)
+        rows = _compare(question, hardware, (tps[0], pps[0]) if explicit else None)
     elif chips is not None:
-        _choose(question, hardware[0], chips)
+        rows = _choose(question, hardware[0], chips)
     else:
-        _sweep(question, hardware[0], tps, pps, trace_path)
+        rows = _sweep(question, hardware[0], tps, pps)
+    if plot_path is not None:
+        from lpu_jax.lpu.plots import draw_scaling
+
+        title = (f"{question.name}, {recipe.name}, {context:,} positions: tokens/s against "
+                 "chips")
+        common.write_atomically(plot_path, lambda f: draw_scaling(rows, f, title))
+    if trace_path or gantt_path:
+        _show_one(question, hardware[0], rows[0], trace_path, gantt_path)
+
+
+def _show_one(question: _Question, hardware, row: dict, trace_path, gantt_path) -> None:
+    """The decode step of one deployment as a Perfetto trace and as a Gantt chart."""
+    model = _report(question, hardware, row["tp"], row["pp"])[1]
+    step, layout = model.last_decode, model.deployment.layout
+    title = (f"{question.name} decode step, {hardware.name}, tp {row['tp']} x pp {row['pp']}, "
+             f"{question.recipe.name}")
+    if trace_path is not None:
+        emulated.save_trace(step, trace_path, title)
+    if gantt_path is not None:
+        from lpu_jax.lpu.plots import draw_gantt
+
+        layers = layout.pp * layout.layer_slots(question.config.num_layers)
+        common.write_atomically(gantt_path,
+                                lambda f: draw_gantt(step, layout.tp, layers, f, title))
 
 
 def _report(question: _Question, hardware, tp: int, pp: int) -> tuple[dict, object]:
@@ -132,29 +167,23 @@ def _report(question: _Question, hardware, tp: int, pp: int) -> tuple[dict, obje
     return model.report(q.prompt_len, q.positions, batch, q.context), model
 
 
-def _sweep(question: _Question, hardware, tps: list[int], pps: list[int], trace_path) -> None:
+def _sweep(question: _Question, hardware, tps: list[int], pps: list[int]) -> list[dict]:
     """--tp x --pp: a row per combination."""
     from lpu_jax.lpu.deployment import describe
 
-    rows = []
-    for tp in tps:
-        for pp in pps:
-            row, model = _report(question, hardware, tp, pp)
-            rows.append(row)
-            if trace_path is not None:
-                emulated.save_trace(model.last_decode, trace_path,
-                                    f"decode, {hardware.name}, tp={tp} pp={pp}")
+    rows = [_report(question, hardware, tp, pp)[0] for tp in tps for pp in pps]
     single = len(rows) == 1
     if single and not rows[0]["memory_per_chip"]["fits"]:
         raise UserError(_does_not_fit(rows[0], question.name, hardware))
     if common.JSON.value:
         print(json.dumps({**question.header(), **rows[0]} if single else
                          {**question.header(), "deployments": rows}))
-        return
+        return rows
     for row in rows:
         print(describe(row))
     if not single and not any(r["memory_per_chip"]["fits"] for r in rows):
         print(_does_not_fit(rows[-1], question.name, hardware), file=sys.stderr)
+    return rows
 
 
 def _chosen(question: _Question, hardware, chips: int) -> list[dict]:
@@ -175,7 +204,7 @@ def _chosen(question: _Question, hardware, chips: int) -> list[dict]:
     return rows
 
 
-def _choose(question: _Question, hardware, chips: int) -> None:
+def _choose(question: _Question, hardware, chips: int) -> list[dict]:
     """--chips N: the best layout, or all of them."""
     from lpu_jax.lpu.deployment import describe, tabulate
 
@@ -183,15 +212,16 @@ def _choose(question: _Question, hardware, chips: int) -> None:
     if common.JSON.value:
         print(json.dumps({**question.header(), "chips": chips, "objective": _OBJECTIVE.value,
                           "deployments": rows}))
-        return
+        return rows
     print(f"best of {len(rows)} layouts of at most {chips} chips that fit, by "
           f"{_OBJECTIVE.value}:")
     print(describe(rows[0]))
     if _ALL.value:
         print("\n".join(tabulate(rows)))
+    return rows
 
 
-def _compare(question: _Question, hardware: list, layout: tuple[int, int] | None) -> None:
+def _compare(question: _Question, hardware: list, layout: tuple[int, int] | None) -> list[dict]:
     """Several --hardware configs, a row each: the --tp/--pp layout, the best of --chips, or
     else the fewest devices that hold the model."""
     from lpu_jax.lpu.deployment import tabulate
@@ -214,8 +244,9 @@ def _compare(question: _Question, hardware: list, layout: tuple[int, int] | None
         rows.append(row)
     if common.JSON.value:
         print(json.dumps({**q.header(), "hardware": rows}))
-        return
-    print("\n".join(tabulate(rows)))
+    else:
+        print("\n".join(tabulate(rows)))
+    return rows
 
 
 def _does_not_fit(row: dict, model: str, hardware) -> str:

@@ -58,9 +58,7 @@ def check_outputs() -> tuple[Path | None, Path | None]:
         if out.suffix not in (".csv", ".json"):
             raise UserError(f"--out must end in .csv or .json, got {out.name}")
     if _PLOT.value:
-        plot = common.check_output_path(_PLOT.value, "--plot")
-        if plot.suffix != ".png":
-            raise UserError(f"--plot must end in .png, got {plot.name}")
+        plot = common.check_png_path(_PLOT.value, "--plot")
     return out, plot
 
 

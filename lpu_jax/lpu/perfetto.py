@@ -8,29 +8,17 @@ many).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import IO, Iterator
+from typing import IO
 
-from lpu_jax.lpu.scheduler import Event, Schedule
+from lpu_jax.lpu.scheduler import Schedule
 
 MAX_EVENTS = 2_000_000
 
 
-def _flat(schedule: Schedule, offset: int = 0) -> Iterator[Event]:
-    """Every operation with a unit, loop bodies unrolled, at absolute ticks."""
-    for event in schedule.events:
-        if event.body is None:
-            yield dataclasses.replace(event, start=offset + event.start,
-                                      end=offset + event.end, done=offset + event.done)
-            continue
-        for trip in range(event.trips):
-            yield from _flat(event.body, offset + event.start + trip * event.body.ticks)
-
-
 def write_trace(schedule: Schedule, out: IO[str], title: str = "") -> int:
     """Write the trace to `out`; returns how many chips it shows."""
-    flat = list(_flat(schedule))
+    flat = list(schedule.flat())
     chips = max(1, min(schedule.chips, MAX_EVENTS // max(len(flat), 1)))
     us = schedule.tick_s * 1e6
     tracks = sorted({(e.unit, e.slot) for e in flat})

@@ -20,7 +20,7 @@ import dataclasses
 import gc
 import heapq
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.extend
@@ -76,6 +76,16 @@ class Schedule:
         """The unit busy for the largest share of the span (the streams are not a unit)."""
         used = {unit: share for unit, share in self.utilization().items() if unit != STREAMS}
         return max(sorted(used), key=lambda unit: used[unit])
+
+    def flat(self, offset: int = 0) -> Iterator[Event]:
+        """Every operation with a unit, loop bodies unrolled trip by trip, at absolute ticks."""
+        for event in self.events:
+            if event.body is None:
+                yield dataclasses.replace(event, start=offset + event.start,
+                                          end=offset + event.end, done=offset + event.done)
+                continue
+            for trip in range(event.trips):
+                yield from event.body.flat(offset + event.start + trip * event.body.ticks)
 
     def operations(self) -> int:
         """Operations scheduled, loop bodies counted once per trip."""
