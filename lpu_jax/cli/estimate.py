@@ -186,14 +186,15 @@ def _sweep(question: _Question, hardware, tps: list[int], pps: list[int]) -> lis
     return rows
 
 
-def _chosen(question: _Question, hardware, chips: int) -> list[dict]:
-    """Every layout of at most `chips` that fits, the best first; refused when none does."""
+def _chosen(question: _Question, hardware, chips: int, reported: int | None) -> tuple[list, int]:
+    """The reports of the best `reported` layouts of at most `chips` (None: all), best first,
+    and how many fit; refused when none does."""
     from lpu_jax.lpu.search import fewest_chips, search
 
     q = question
-    rows = search(q.config, q.recipe, hardware, chips, _OBJECTIVE.value, q.prompt_len,
-                  q.positions, q.batch, q.context)
-    if not rows:
+    ranked = search(q.config, q.recipe, hardware, chips, _OBJECTIVE.value, q.positions, q.batch,
+                    q.context)
+    if not ranked:
         fewest = fewest_chips(q.config, q.recipe, hardware, q.prompt_len, q.positions,
                               q.batch or 1, q.context)
         advice = ("no layout fits: even one layer per stage is too big" if fewest is None
@@ -201,19 +202,21 @@ def _chosen(question: _Question, hardware, chips: int) -> list[dict]:
                   f"--pp {fewest.pp})")
         raise UserError(f"{q.name} fits no layout of at most {chips} {hardware.name} chip(s) "
                         f"at --context {q.context}; {advice}")
-    return rows
+    return [c.model.report(q.prompt_len, q.positions, q.batch or 1, q.context)
+            for c in ranked[:reported]], len(ranked)
 
 
 def _choose(question: _Question, hardware, chips: int) -> list[dict]:
     """--chips N: the best layout, or all of them."""
     from lpu_jax.lpu.deployment import describe, tabulate
 
-    rows = _chosen(question, hardware, chips)
+    every = _ALL.value or common.JSON.value or _PLOT.value is not None
+    rows, fitting = _chosen(question, hardware, chips, None if every else 1)
     if common.JSON.value:
         print(json.dumps({**question.header(), "chips": chips, "objective": _OBJECTIVE.value,
                           "deployments": rows}))
         return rows
-    print(f"best of {len(rows)} layouts of at most {chips} chips that fit, by "
+    print(f"best of {fitting} layouts of at most {chips} chips that fit, by "
           f"{_OBJECTIVE.value}:")
     print(describe(rows[0]))
     if _ALL.value:
@@ -232,7 +235,7 @@ def _compare(question: _Question, hardware: list, layout: tuple[int, int] | None
         if layout is not None:
             row, _ = _report(q, spec, *layout)
         elif _CHIPS.value is not None:
-            row = _chosen(q, spec, _CHIPS.value)[0]
+            row = _chosen(q, spec, _CHIPS.value, 1)[0][0]
         else:
             fewest = fewest_chips(q.config, q.recipe, spec, q.prompt_len, q.positions,
                                   q.batch or 1, q.context)

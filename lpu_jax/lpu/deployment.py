@@ -95,6 +95,22 @@ def check_chips(hardware: HardwareSpec, layout: Layout) -> None:
                         f"most {bound} (tp x pp = {layout.num_chips})")
 
 
+@dataclasses.dataclass(frozen=True)
+class Steady:
+    """A deployment's steady-state steps (see CycleModel.steady)."""
+
+    decode: list[Schedule]  # one stream, at each decode position
+    micro: int  # sequences per micro-batch of the ring
+    middle: int  # the context the ring ticks see
+    lone: Schedule  # a ring tick of one sequence per stage
+    full: Schedule  # a ring tick of the run's batch
+    memory: dict  # the memory plan
+
+    @property
+    def latency_s(self) -> float:
+        return sum(s.seconds for s in self.decode) / len(self.decode)
+
+
 class CycleModel:
     """Schedules one deployment's per-chip steps; cached per shape."""
 
@@ -149,6 +165,27 @@ class CycleModel:
         self.scheduling_s += time.perf_counter() - start
         return result
 
+    def steady(self, decode_positions: list[int], batch: int, context: int) -> Steady:
+        """The decode steps at the given positions and the ring ticks of `batch` sequences,
+        and the memory plan their activations leave: what deciding whether a deployment fits
+        and ranking it needs (no prefill)."""
+        layout = self.deployment.layout
+        steps = [self.step("decode", 1, p + 1) for p in decode_positions]
+        micro = max(batch // layout.pp, 1)
+        middle = decode_positions[len(decode_positions) // 2] + 1
+        # With one stage and one sequence the ring tick is the decode step.
+        lone = (self.step("decode", 1, middle) if layout.pp == 1
+                else self.step("ring", layout.pp, middle))
+        full = lone if micro == 1 else self.step("ring", micro * layout.pp, middle)
+        # The steady state's live values; the prompt's are not reserved (see _prefill_chunk).
+        activations = max(s.peak_activation_bytes for s in (steps[-1], lone, full))
+        return Steady(steps, micro, middle, lone, full,
+                      self._memory_plan(batch, context, activations))
+
+    def tokens_per_s_at_most(self, steady: Steady) -> float:
+        """Tokens/s with the most sequences that fit in flight."""
+        return self._tokens_per_s_at(steady.memory["max_sequences"], steady.middle)
+
     def report(self, prompt_len: int, decode_positions: list[int], batch: int = 1,
                context: int | None = None) -> dict:
         """The emulated figures of a run: prompts of prompt_len tokens (a batch of `batch`),
@@ -158,15 +195,11 @@ class CycleModel:
         layout, chips = d.layout, d.layout.num_chips
         context = context or d.config.max_position_embeddings
         positions = decode_positions or [prompt_len]
-        steps = [self.step("decode", 1, p + 1) for p in positions]
+        steady = self.steady(positions, batch, context)
+        steps, micro, lone, full, memory = (steady.decode, steady.micro, steady.lone, steady.full,
+                                            steady.memory)
         self.last_decode = steps[-1]
-        mean_s = sum(s.seconds for s in steps) / len(steps)
-        micro = max(batch // layout.pp, 1)
-        middle = positions[len(positions) // 2] + 1
-        # With one stage and one sequence the ring tick is the decode step.
-        lone = (self.step("decode", 1, middle) if layout.pp == 1
-                else self.step("ring", layout.pp, middle))
-        full = lone if micro == 1 else self.step("ring", micro * layout.pp, middle)
+        mean_s = steady.latency_s
         streams = micro * layout.pp
         # The first token of one prompt: the batch's prompts are prefilled one after another.
         prefill = self.step("prefill", 1, prompt_len, prompt_len)
@@ -175,9 +208,6 @@ class CycleModel:
         host = 0.0
         if "host_link_latency" in hw.figures:  # the prompt in, the first token out
             host = 2 * hw["host_link_latency"] + 4 * (prompt_len + 1) / hw["host_link_bandwidth"]
-        # The steady state's live values; the prompt's are not reserved (see _prefill_chunk).
-        activations = max(s.peak_activation_bytes for s in (self.last_decode, lone, full))
-        memory = self._memory_plan(batch, context, activations)
         is_lpu = hw.kind == "lpu"
         most = memory["max_sequences"]
         return {
@@ -205,7 +235,7 @@ class CycleModel:
                 "tokens_per_s": micro / full.seconds,
             },
             "at_most_sequences": {"sequences": most,
-                                  "tokens_per_s": self._tokens_per_s_at(most, middle)},
+                                  "tokens_per_s": self.tokens_per_s_at_most(steady)},
             "time_to_first_token_s": prefill.seconds + host,
             "prefill": {"prompt_tokens": prompt_len,
                         "cycles": prefill.ticks if is_lpu else None,

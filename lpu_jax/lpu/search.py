@@ -7,21 +7,34 @@ model and kept when they fit with their activations.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from lpu_jax.chips.layout import Layout, valid_tp
 from lpu_jax.chips.memory import MemoryPlan
 from lpu_jax.config import ModelConfig
-from lpu_jax.lpu.deployment import CycleModel, Deployment, most_chips
+from lpu_jax.lpu.deployment import CycleModel, Deployment, Steady, most_chips
 from lpu_jax.lpu.hardware import HardwareSpec
 from lpu_jax.numerics.recipe import Recipe
 
-# What each objective ranks by (larger is worse): the single-stream time per token, or the
+# What each objective ranks by (smaller is better): the single-stream time per token, or the
 # inverse of tokens/s with as many sequences in flight as fit.
-OBJECTIVES: dict[str, Callable[[dict], float]] = {
-    "latency": lambda row: row["decode"]["latency_per_token_s"],
-    "throughput": lambda row: -row["at_most_sequences"]["tokens_per_s"],
+OBJECTIVES: dict[str, Callable[[CycleModel, Steady], float]] = {
+    "latency": lambda model, steady: steady.latency_s,
+    "throughput": lambda model, steady: -model.tokens_per_s_at_most(steady),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A layout that fits, its cycle model (schedules cached) and its rank."""
+
+    model: CycleModel
+    rank: float
+
+    @property
+    def layout(self) -> Layout:
+        return self.model.deployment.layout
 
 
 def candidates(config: ModelConfig, chips: int, batch: int | None) -> list[Layout]:
@@ -37,24 +50,24 @@ def capacity(hardware: HardwareSpec) -> float:
 
 
 def search(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, chips: int,
-           objective: str, prompt_len: int, positions: list[int], batch: int | None,
-           context: int) -> list[dict]:
-    """The reports of every layout that fits in `chips` chips, the best first (ties: fewer
-    chips, then fewer tp chips)."""
+           objective: str, positions: list[int], batch: int | None,
+           context: int) -> list[Candidate]:
+    """Every layout of at most `chips` chips that fits, the best first (ties: fewer chips,
+    then fewer tp chips). Only what fitting and the rank need is scheduled; a candidate's
+    model.report gives the rest."""
     plan, room = MemoryPlan(config, recipe), capacity(hardware)
     sequences, chips = batch or 1, min(chips, most_chips(hardware) or chips)
-    rows = []
+    ranked = []
     for layout in candidates(config, chips, batch):
         layout = plan.balanced(layout, sequences, context)
         held = plan.fullest(layout, sequences, context)
         if held.weights + held.kv_cache > room:
             continue
-        row = CycleModel(Deployment(config, layout, recipe, hardware), plan).report(
-            prompt_len, positions, sequences, context)
-        if row["memory_per_chip"]["fits"]:
-            rows.append(row)
-    rank = OBJECTIVES[objective]
-    return sorted(rows, key=lambda row: (rank(row), row["chips"], row["tp"]))
+        model = CycleModel(Deployment(config, layout, recipe, hardware), plan)
+        steady = model.steady(positions, sequences, context)
+        if steady.memory["fits"]:
+            ranked.append(Candidate(model, OBJECTIVES[objective](model, steady)))
+    return sorted(ranked, key=lambda c: (c.rank, c.layout.num_chips, c.layout.tp))
 
 
 def fewest_chips(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, prompt_len: int,
