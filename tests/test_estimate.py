@@ -154,6 +154,10 @@ BAD_INPUT = [
      "fits no layout of at most 8 lpu-v1 chip(s) at --context 256; the fewest that hold it "
      "are 32 (--tp"),
     (["--config", "Llama-2-7b-hf", "--chips", "8", "--tp", "2"], "--chips chooses --tp and --pp"),
+    # the fewest chips that hold three sequences split them into equal micro-batches
+    (["--config", "Llama-2-7b-hf", "--chips", "8", "--batch", "3"],
+     "the fewest that hold it are 48 (--tp 16 --pp 3)"),
+    (["--config", "Llama-2-7b-hf", "--all"], "--all and --objective choose among the layouts"),
     (["--config", "Llama-2-7b-hf", "--chips", "8", "--objective", "nonsense"],
      "flag --objective=nonsense: value should be one of <latency|throughput>"),
 ]

@@ -18,7 +18,7 @@ class Layout:
 
     The vocabulary (embedding and LM head) is split over all pp * tp chips, consecutive rows in
     chip order (stage-major). `vocab_rows[s]` is how many each chip of stage s holds, so stages
-    with fewer layers can take more of it (chips.memory.balanced chooses them); empty means
+    with fewer layers can take more of it (chips.memory.MemoryPlan.balanced chooses them); empty means
     equal shares.
     """
 

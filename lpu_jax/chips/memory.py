@@ -43,7 +43,7 @@ class MemoryPlan:
     def __init__(self, config: ModelConfig, recipe: Recipe):
         self.config, self.recipe = config, recipe
         # Every layer has the same shapes: one stands for all.
-        stored = self.stored_one_layer = jax.eval_shape(
+        stored = self.one_layer_model = jax.eval_shape(
             lambda p: store_params(p, recipe),
             abstract_params(dataclasses.replace(config, num_layers=1)))
         self._one_layer, self._norm = stored.layers[0], tree_bytes(stored.final_norm_D)
@@ -83,8 +83,7 @@ class MemoryPlan:
         """The most sequences whose KV caches fit beside the weights in `room` bytes per chip."""
         per_stage = zip(self._stage_bytes(layout, 0, context),
                         self._stage_bytes(layout, 1, context))
-        return max(min(int(room - weights) // kv if kv else 2**62
-                       for (weights, _), (_, kv) in per_stage), 0)
+        return max(min(int(room - weights) // kv for (weights, _), (_, kv) in per_stage), 0)
 
     def balanced(self, layout: Layout, sequences: int, context: int) -> Layout:
         """`layout` with the vocabulary's rows assigned so the fullest chip holds the fewest
@@ -113,12 +112,15 @@ class MemoryPlan:
         return dataclasses.replace(layout, vocab_rows=tuple(rows))
 
     def chips_needed(self, capacity: float, sequences: int, context: int, activations: int,
-                     most_chips: int | None = None) -> Layout | None:
-        """The layout with the fewest chips (at most `most_chips`) whose fullest chip fits
-        `capacity` (fewer tp chips on a tie: they stay inside a node), or None."""
+                     most_chips: int | None = None, batch: int | None = None) -> Layout | None:
+        """The layout with the fewest chips (at most `most_chips`; pp dividing `batch` when one
+        is given) whose fullest chip fits `capacity` (fewer tp chips on a tie: they stay inside a
+        node), or None."""
         best, bound = None, most_chips or self.config.num_layers * self.config.num_heads
         for tp in valid_tp(self.config):
             for pp in range(1, min(self.config.num_layers, bound // tp) + 1):
+                if batch is not None and batch % pp:
+                    continue
                 layout = self.balanced(Layout(tp=tp, pp=pp), sequences, context)
                 held = self.fullest(layout, sequences, context)
                 if held.weights + held.kv_cache + activations <= capacity:

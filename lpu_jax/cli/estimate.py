@@ -89,14 +89,16 @@ def main() -> None:
         raise UserError("--chips chooses --tp and --pp: give --chips, or --tp and --pp")
     if chips is not None and chips < 1:
         raise UserError(f"--chips must be >= 1, got {chips}")
+    if chips is None and (_ALL.value or flags.FLAGS["objective"].present):
+        raise UserError("--all and --objective choose among the layouts of --chips: give --chips")
     if _BATCH.value is not None and _BATCH.value < 1:
         raise UserError("--batch must be >= 1")
     if _PROMPT_LEN.value < 1 or _NEW_TOKENS.value < 1:
         raise UserError("--prompt_len and --new_tokens must be >= 1")
     hardware = emulated.hardware_list()
-    if len(hardware) > 1 and len(tps) * len(pps) > 1:
+    if len(hardware) > 1 and (len(tps) * len(pps) > 1 or _ALL.value):
         raise UserError("several --hardware configs compare one deployment each: give --tp "
-                        "and --pp one value each, or --chips")
+                        "and --pp one value each, or --chips (without --all)")
     trace_path = emulated.trace_path()
     gantt_path, plot_path = (common.check_png_path(value, flag) if value else None
                              for value, flag in ((_GANTT.value, "--gantt"),
@@ -119,11 +121,11 @@ def main() -> None:
     question = _Question(_CONFIG.value, config, recipe, prompt_len,
                          sorted({prompt_len, prompt_len + new_tokens - 1}), _BATCH.value, context)
     if len(hardware) > 1:
-        rows = _compare(question, hardware, (tps[0], pps[0]) if explicit else None)
+        rows, models = _compare(question, hardware, (tps[0], pps[0]) if explicit else None)
     elif chips is not None:
-        rows = _choose(question, hardware[0], chips)
+        rows, models = _choose(question, hardware[0], chips)
     else:
-        rows = _sweep(question, hardware[0], tps, pps)
+        rows, models = _sweep(question, hardware[0], tps, pps)
     if plot_path is not None:
         from lpu_jax.lpu.plots import draw_scaling
 
@@ -131,15 +133,14 @@ def main() -> None:
                  "chips")
         common.write_atomically(plot_path, lambda f: draw_scaling(rows, f, title))
     if trace_path or gantt_path:
-        _show_one(question, hardware[0], rows[0], trace_path, gantt_path)
+        _show_one(question, models[0], trace_path, gantt_path)
 
 
-def _show_one(question: _Question, hardware, row: dict, trace_path, gantt_path) -> None:
-    """The decode step of one deployment as a Perfetto trace and as a Gantt chart."""
-    model = _report(question, hardware, row["tp"], row["pp"])[1]
+def _show_one(question: _Question, model, trace_path, gantt_path) -> None:
+    """The decode step of one reported deployment as a Perfetto trace and a Gantt chart."""
     step, layout = model.last_decode, model.deployment.layout
-    title = (f"{question.name} decode step, {hardware.name}, tp {row['tp']} x pp {row['pp']}, "
-             f"{question.recipe.name}")
+    title = (f"{question.name} decode step, {model.deployment.hardware.name}, tp {layout.tp} x "
+             f"pp {layout.pp}, {question.recipe.name}")
     if trace_path is not None:
         emulated.save_trace(step, trace_path, title)
     if gantt_path is not None:
@@ -167,105 +168,114 @@ def _report(question: _Question, hardware, tp: int, pp: int) -> tuple[dict, obje
     return model.report(q.prompt_len, q.positions, batch, q.context), model
 
 
-def _sweep(question: _Question, hardware, tps: list[int], pps: list[int]) -> list[dict]:
-    """--tp x --pp: a row per combination."""
+def _sweep(question: _Question, hardware, tps: list[int], pps: list[int]) -> tuple[list, list]:
+    """--tp x --pp: a row per combination (and its cycle model)."""
     from lpu_jax.lpu.deployment import describe
 
-    rows = [_report(question, hardware, tp, pp)[0] for tp in tps for pp in pps]
+    rows, models = zip(*(_report(question, hardware, tp, pp) for tp in tps for pp in pps))
     single = len(rows) == 1
     if single and not rows[0]["memory_per_chip"]["fits"]:
         raise UserError(_does_not_fit(rows[0], question.name, hardware))
     if common.JSON.value:
         print(json.dumps({**question.header(), **rows[0]} if single else
                          {**question.header(), "deployments": rows}))
-        return rows
+        return rows, models
     for row in rows:
         print(describe(row))
     if not single and not any(r["memory_per_chip"]["fits"] for r in rows):
         print(_does_not_fit(rows[-1], question.name, hardware), file=sys.stderr)
-    return rows
+    return rows, models
 
 
-def _chosen(question: _Question, hardware, chips: int, reported: int | None) -> tuple[list, int]:
+def _chosen(question: _Question, hardware, chips: int,
+            reported: int | None) -> tuple[list, list, int]:
     """The reports of the best `reported` layouts of at most `chips` (None: all), best first,
-    and how many fit; refused when none does."""
+    their cycle models, and how many fit; refused when none does."""
     from lpu_jax.lpu.search import fewest_chips, search
 
     q = question
     ranked = search(q.config, q.recipe, hardware, chips, _OBJECTIVE.value, q.positions, q.batch,
                     q.context)
     if not ranked:
-        fewest = fewest_chips(q.config, q.recipe, hardware, q.prompt_len, q.positions,
-                              q.batch or 1, q.context)
-        advice = ("no layout fits: even one layer per stage is too big" if fewest is None
+        fewest = fewest_chips(q.config, q.recipe, hardware, q.positions, q.batch, q.context)
+        advice = (_nothing_fits(hardware) if fewest is None
                   else f"the fewest that hold it are {fewest.num_chips} (--tp {fewest.tp} "
                   f"--pp {fewest.pp})")
         raise UserError(f"{q.name} fits no layout of at most {chips} {hardware.name} chip(s) "
                         f"at --context {q.context}; {advice}")
-    return [c.model.report(q.prompt_len, q.positions, q.batch or 1, q.context)
-            for c in ranked[:reported]], len(ranked)
+    shown = ranked[:reported]
+    return ([c.model.report(q.prompt_len, q.positions, q.batch or 1, q.context) for c in shown],
+            [c.model for c in shown], len(ranked))
 
 
-def _choose(question: _Question, hardware, chips: int) -> list[dict]:
+def _choose(question: _Question, hardware, chips: int) -> tuple[list, list]:
     """--chips N: the best layout, or all of them."""
-    from lpu_jax.lpu.deployment import describe, tabulate
+    from lpu_jax.lpu.deployment import describe, most_chips, tabulate
 
     every = _ALL.value or common.JSON.value or _PLOT.value is not None
-    rows, fitting = _chosen(question, hardware, chips, None if every else 1)
+    rows, models, fitting = _chosen(question, hardware, chips, None if every else 1)
     if common.JSON.value:
         print(json.dumps({**question.header(), "chips": chips, "objective": _OBJECTIVE.value,
                           "deployments": rows}))
-        return rows
-    print(f"best of {fitting} layouts of at most {chips} chips that fit, by "
+        return rows, models
+    node = most_chips(hardware)
+    bound = (f"at most {chips} chips" if node is None or chips <= node
+             else f"one node of at most {node} GPUs")
+    print(f"best of {fitting} layout{'s' if fitting > 1 else ''} of {bound} that fit, by "
           f"{_OBJECTIVE.value}:")
     print(describe(rows[0]))
     if _ALL.value:
         print("\n".join(tabulate(rows)))
-    return rows
+    return rows, models
 
 
-def _compare(question: _Question, hardware: list, layout: tuple[int, int] | None) -> list[dict]:
+def _compare(question: _Question, hardware: list,
+             layout: tuple[int, int] | None) -> tuple[list, list]:
     """Several --hardware configs, a row each: the --tp/--pp layout, the best of --chips, or
     else the fewest devices that hold the model."""
     from lpu_jax.lpu.deployment import tabulate
     from lpu_jax.lpu.search import fewest_chips
 
-    q, rows = question, []
+    q, rows, models = question, [], []
     for spec in hardware:
         if layout is not None:
-            row, _ = _report(q, spec, *layout)
+            row, model = _report(q, spec, *layout)
         elif _CHIPS.value is not None:
-            row = _chosen(q, spec, _CHIPS.value, 1)[0][0]
+            (row,), (model,), _ = _chosen(q, spec, _CHIPS.value, 1)
         else:
-            fewest = fewest_chips(q.config, q.recipe, spec, q.prompt_len, q.positions,
-                                  q.batch or 1, q.context)
+            fewest = fewest_chips(q.config, q.recipe, spec, q.positions, q.batch, q.context)
             if fewest is None:
                 raise UserError(_does_not_fit(_report(q, spec, 1, 1)[0], q.name, spec))
-            row, _ = _report(q, spec, fewest.tp, fewest.pp)
+            row, model = _report(q, spec, fewest.tp, fewest.pp)
         if not row["memory_per_chip"]["fits"]:
             raise UserError(_does_not_fit(row, q.name, spec))
         rows.append(row)
+        models.append(model)
     if common.JSON.value:
         print(json.dumps({**q.header(), "hardware": rows}))
     else:
         print("\n".join(tabulate(rows)))
-    return rows
+    return rows, models
 
 
 def _does_not_fit(row: dict, model: str, hardware) -> str:
     memory = row["memory_per_chip"]
     needed = memory.get("chips_needed")
-    if needed is None and hardware.kind == "gpu":
-        advice = (f"no layout of one node's {hardware['gpus_per_node']:.0f} GPUs holds it; "
-                  "choose a smaller recipe or context")
-    elif needed is None:
-        advice = "no layout fits: even one layer per stage is too big"
+    if needed is None:
+        advice = _nothing_fits(hardware)
     else:
         advice = (f"it needs at least {needed['chips']} chips, e.g. --tp {needed['tp']} "
                   f"--pp {needed['pp']}")
     return (f"{model} does not fit {row['chips']} {hardware.name} chip(s) at tp={row['tp']} "
             f"pp={row['pp']}: {memory['total_bytes'] / 1e6:,.0f} MB per chip against "
             f"{memory['capacity_bytes'] / 1e6:,.0f} MB; {advice}")
+
+
+def _nothing_fits(hardware) -> str:
+    if hardware.kind == "gpu":
+        return (f"no layout of one node's {hardware['gpus_per_node']:.0f} GPUs holds it; "
+                "choose a smaller recipe, context or batch")
+    return "no layout fits: even one layer per stage is too big"
 
 
 def run() -> None:

@@ -116,7 +116,9 @@ class Engine:
         self.model = model
         self.sampling = sampling
         self.precision = load_recipe(precision)
-        if not layout.vocab_rows:  # the vocabulary where the layers leave room, as estimated
+        if layout.pp > 1 and not layout.vocab_rows:
+            # The vocabulary where the layers leave room, by lpu-estimate's rule, for one
+            # sequence at the model's whole context.
             layout = MemoryPlan(model.config, self.precision).balanced(
                 layout, 1, model.config.max_position_embeddings)
         self.layout = layout

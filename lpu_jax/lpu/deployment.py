@@ -15,10 +15,12 @@ them), so a 70B model is estimated without its weights. Schedules are cached per
 - Energy per token: the dynamic energy of one token's useful work on every chip (the ring tick
   with M = 1, where no stage computes on a bubble) plus the chips' static power over the time
   the token takes.
-- SRAM per chip: weights in their storage formats, the KV cache of the run's sequences at its
-  context, and the peak of live intermediate activations; and the most sequences whose caches
-  fit beside the weights. A deployment that does not fit is told the fewest chips that hold the
-  same sequences.
+- Memory of the fullest chip (chips.memory): weights in their storage formats, the KV cache of
+  the run's sequences at its context, and the decode and ring steps' peak of live values (the
+  prompt's are reported, with the chunk of it that fits); the most sequences whose caches and
+  step fit, and their tokens/s. A deployment that does not fit is told the fewest chips whose
+  caches and weights hold the same sequences (arithmetic, with this step's activations).
+- GPU configs: a node of up to gpus_per_node GPUs, each a roofline (lpu/costs.py).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class Steady:
 
     decode: list[Schedule]  # one stream, at each decode position
     micro: int  # sequences per micro-batch of the ring
-    middle: int  # the context the ring ticks see
+    ring_context: int  # the positions the ring ticks see: the middle decode position's
     lone: Schedule  # a ring tick of one sequence per stage
     full: Schedule  # a ring tick of the run's batch
     memory: dict  # the memory plan
@@ -129,7 +131,7 @@ class CycleModel:
     def _chip_params(self):
         if self._params is None:
             d = self.deployment
-            self._params = abstract_chip_params(self.memory.stored_one_layer, d.config, d.layout)
+            self._params = abstract_chip_params(self.memory.one_layer_model, d.config, d.layout)
         return self._params
 
     def visible(self, positions: int) -> int:
@@ -172,19 +174,37 @@ class CycleModel:
         layout = self.deployment.layout
         steps = [self.step("decode", 1, p + 1) for p in decode_positions]
         micro = max(batch // layout.pp, 1)
-        middle = decode_positions[len(decode_positions) // 2] + 1
+        ring_context = decode_positions[len(decode_positions) // 2] + 1
         # With one stage and one sequence the ring tick is the decode step.
-        lone = (self.step("decode", 1, middle) if layout.pp == 1
-                else self.step("ring", layout.pp, middle))
-        full = lone if micro == 1 else self.step("ring", micro * layout.pp, middle)
+        lone = (self.step("decode", 1, ring_context) if layout.pp == 1
+                else self.step("ring", layout.pp, ring_context))
+        full = lone if micro == 1 else self.step("ring", micro * layout.pp, ring_context)
         # The steady state's live values; the prompt's are not reserved (see _prefill_chunk).
         activations = max(s.peak_activation_bytes for s in (steps[-1], lone, full))
-        return Steady(steps, micro, middle, lone, full,
+        return Steady(steps, micro, ring_context, lone, full,
                       self._memory_plan(batch, context, activations))
 
-    def tokens_per_s_at_most(self, steady: Steady) -> float:
-        """Tokens/s with the most sequences that fit in flight."""
-        return self._tokens_per_s_at(steady.memory["max_sequences"], steady.middle)
+    def at_most_sequences(self, steady: Steady) -> tuple[int, float]:
+        """The most sequences in flight whose caches and step activations fit, and their
+        tokens/s: whole micro-batches around the token ring or, with fewer sequences than
+        stages, all of them decoded together through every stage."""
+        memory, layout = steady.memory, self.deployment.layout
+        activations = memory["activations_bytes"]
+        for _ in range(3):  # more sequences hold more live values: settle on what fits
+            most = self.memory.max_sequences(layout, memory["context"],
+                                             memory["capacity_bytes"] - activations)
+            used = most if most < layout.pp else most // layout.pp * layout.pp
+            if used == 0:
+                return 0, 0.0
+            if used < layout.pp or used == 1:
+                step, tokens = self.step("decode", used, steady.ring_context), used
+            else:
+                step, tokens = (self.step("ring", used, steady.ring_context),
+                                used // layout.pp)
+            if step.peak_activation_bytes <= activations:
+                return used, tokens / step.seconds
+            activations = step.peak_activation_bytes
+        return 0, 0.0
 
     def report(self, prompt_len: int, decode_positions: list[int], batch: int = 1,
                context: int | None = None) -> dict:
@@ -209,7 +229,7 @@ class CycleModel:
         if "host_link_latency" in hw.figures:  # the prompt in, the first token out
             host = 2 * hw["host_link_latency"] + 4 * (prompt_len + 1) / hw["host_link_bandwidth"]
         is_lpu = hw.kind == "lpu"
-        most = memory["max_sequences"]
+        most, most_rate = self.at_most_sequences(steady)
         return {
             "hardware": hw.name,
             "chips": chips, "tp": layout.tp, "pp": layout.pp,
@@ -234,8 +254,7 @@ class CycleModel:
                 "cycles_per_tick": full.ticks if is_lpu else None,
                 "tokens_per_s": micro / full.seconds,
             },
-            "at_most_sequences": {"sequences": most,
-                                  "tokens_per_s": self.tokens_per_s_at_most(steady)},
+            "at_most_sequences": {"sequences": most, "tokens_per_s": most_rate},
             "time_to_first_token_s": prefill.seconds + host,
             "prefill": {"prompt_tokens": prompt_len,
                         "cycles": prefill.ticks if is_lpu else None,
@@ -253,15 +272,6 @@ class CycleModel:
             "what_if": {name: hw[name] for name in hw.changed},
             "scheduling_s": round(self.scheduling_s, 3),
         }
-
-    def _tokens_per_s_at(self, sequences: int, context: int) -> float:
-        """Tokens/s of `sequences` streams: the ring full with whole micro-batches of them, or,
-        with fewer streams than stages, all of them decoded together through every stage."""
-        pp = self.deployment.layout.pp
-        if sequences < pp or sequences == 1:
-            return sequences / self.step("decode", sequences, context).seconds if sequences else 0.0
-        micro = sequences // pp
-        return micro / self.step("ring", micro * pp, context).seconds
 
     def _memory_plan(self, batch: int, context: int, activations: int) -> dict:
         """The fullest chip's bytes against its memory for `batch` sequences' KV caches
@@ -281,7 +291,8 @@ class CycleModel:
                                                            capacity - activations)}
         if total > capacity:
             needed = self.memory.chips_needed(capacity, batch, context, activations,
-                                              most_chips(d.hardware))
+                                              most_chips(d.hardware),
+                                              batch if batch > 1 else None)
             plan["chips_needed"] = (None if needed is None else
                                     {"chips": needed.num_chips, "tp": needed.tp, "pp": needed.pp})
         return plan
@@ -295,6 +306,7 @@ class CycleModel:
         room = memory["capacity_bytes"] - memory["total_bytes"] + memory["activations_bytes"]
         per_token = prefill.peak_activation_bytes / prompt_len
         return min(prompt_len, max(int(room // per_token), 0)) if per_token else prompt_len
+
 
 def describe(emulated: dict) -> str:
     """One line for a terminal."""

@@ -10,6 +10,7 @@ from lpu_jax.model import LAYER_SCOPE
 from lpu_jax.lpu.scheduler import Schedule
 
 MOST_BANDS = 4  # chips drawn in a Gantt chart: every chip runs the same program
+HARDWARE_MARKERS = "osD^vP*X"
 
 
 def _pyplot():
@@ -25,7 +26,7 @@ SERIES = (  # (name, marker, colour, tokens/s of a report, whether its sequences
     ("one stream", "o", "tab:blue", lambda r: r["decode"]["tokens_per_s"],
      lambda r: r["memory_per_chip"]["fits"]),
     ("pipeline full", "s", "tab:orange", lambda r: r["pipeline_full"]["tokens_per_s"],
-     lambda r: r["memory_per_chip"]["fits"] and r["pipeline_full"]["fits"]),
+     lambda r: r["memory_per_chip"]["fits"] and r["pipeline_full"]["fits"]),  # pp > 1 only
     ("most sequences that fit", "^", "tab:green",
      lambda r: r["at_most_sequences"]["tokens_per_s"],
      lambda r: r["memory_per_chip"]["fits"] and r["at_most_sequences"]["sequences"] > 0),
@@ -36,36 +37,58 @@ def draw_scaling(rows: list[dict], out: BinaryIO, title: str) -> None:
     """Tokens/s against chips, a point per report and series (hollow where the sequences it
     needs do not fit); the layouts that no fewer chips beat are labelled tp x pp."""
     plt = _pyplot()
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
+
+    from matplotlib.lines import Line2D
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    hardware = sorted({row["hardware"] for row in rows})
+    hardware = list(dict.fromkeys(row["hardware"] for row in rows))
+    several = len(hardware) > 1  # then the marker tells the hardware, the colour the series
+    handles = []
     for name, marker, color, rate, fits in SERIES:
         for fitting in (True, False):
-            picked = [r for r in rows if fits(r) == fitting]
-            if picked:
-                ax.scatter([r["chips"] for r in picked], [rate(r) for r in picked],
-                           marker=marker, facecolors=color if fitting else "none",
-                           edgecolors=color, label=name + ("" if fitting else " (does not fit)"))
-        best = 0.0
-        for row in sorted((r for r in rows if fits(r)), key=lambda r: (r["chips"], -rate(r))):
-            if rate(row) > best:  # the frontier: more tokens/s than any layout of fewer chips
-                best = rate(row)
-                label = f"{row['tp']}x{row['pp']}" + (f" {row['hardware']}"
-                                                      if len(hardware) > 1 else "")
-                ax.annotate(label, (row["chips"], best), fontsize=7, xytext=(4, 3),
-                            textcoords="offset points", color=color)
+            for index, hw in enumerate(hardware):
+                picked = [r for r in _points(rows, name, rate)
+                          if fits(r) == fitting and r["hardware"] == hw]
+                if picked:
+                    ax.scatter([r["chips"] for r in picked], [rate(r) for r in picked],
+                               marker=HARDWARE_MARKERS[index] if several else marker,
+                               facecolors=color if fitting else "none", edgecolors=color)
+            if any(fits(r) == fitting for r in _points(rows, name, rate)):
+                handles.append(Line2D([], [], linestyle="", marker="o" if several else marker,
+                                      markerfacecolor=color if fitting else "none",
+                                      markeredgecolor=color,
+                                      label=name + ("" if fitting else " (does not fit)")))
+        for hw in hardware:
+            best = 0.0
+            for row in sorted((r for r in _points(rows, name, rate)
+                               if fits(r) and r["hardware"] == hw),
+                              key=lambda r: (r["chips"], -rate(r))):
+                if rate(row) > best:  # the frontier: more tokens/s than any fewer chips give
+                    best = rate(row)
+                    label = f"{row['tp']}x{row['pp']}" + (f" {hw}" if several else "")
+                    ax.annotate(label, (row["chips"], best), fontsize=7, xytext=(4, 3),
+                                textcoords="offset points", color=color)
+    if several:
+        handles += [Line2D([], [], linestyle="", marker=HARDWARE_MARKERS[i], color="0.4",
+                           label=hw) for i, hw in enumerate(hardware)]
     chips = [row["chips"] for row in rows]
     if max(chips) > 4 * min(chips):
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set(xlabel=f"chips ({', '.join(hardware)}; labels: tp x pp)", ylabel="tokens/s",
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set(xlabel=f"chips or GPUs ({', '.join(hardware)}; labels: tp x pp)" if several
+           else f"chips ({hardware[0]}; labels: tp x pp)", ylabel="tokens/s",
            yscale="log", title=title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     fig.savefig(out, format="png", dpi=120)
     plt.close(fig)
+
+
+def _points(rows: list[dict], series: str, rate) -> list[dict]:
+    """The reports a series has a point for: a rate to show, and a pipeline to fill."""
+    return [r for r in rows if rate(r) > 0 and (series != "pipeline full" or r["pp"] > 1)]
 
 
 def draw_gantt(step: Schedule, tp: int, layers: int, out: BinaryIO, title: str) -> None:

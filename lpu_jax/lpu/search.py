@@ -21,7 +21,7 @@ from lpu_jax.numerics.recipe import Recipe
 # inverse of tokens/s with as many sequences in flight as fit.
 OBJECTIVES: dict[str, Callable[[CycleModel, Steady], float]] = {
     "latency": lambda model, steady: steady.latency_s,
-    "throughput": lambda model, steady: -model.tokens_per_s_at_most(steady),
+    "throughput": lambda model, steady: -model.at_most_sequences(steady)[1],
 }
 
 
@@ -70,19 +70,19 @@ def search(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, chips: i
     return sorted(ranked, key=lambda c: (c.rank, c.layout.num_chips, c.layout.tp))
 
 
-def fewest_chips(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, prompt_len: int,
-                 positions: list[int], sequences: int, context: int) -> Layout | None:
-    """The layout with the fewest chips that fits, activations included (found by arithmetic,
-    then checked with its schedules' activations until they agree), or None."""
-    plan, activations = MemoryPlan(config, recipe), 0
-    for _ in range(4):
-        layout = plan.chips_needed(capacity(hardware), sequences, context, activations,
-                                   most_chips(hardware))
-        if layout is None:
-            return None
-        row = CycleModel(Deployment(config, layout, recipe, hardware), plan).report(
-            prompt_len, positions, sequences, context)
-        if row["memory_per_chip"]["fits"]:
+def fewest_chips(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec,
+                 positions: list[int], batch: int | None, context: int) -> Layout | None:
+    """The layout with the fewest chips that fits, activations included (fewer tp chips on a
+    tie), or None: the candidates in that order, by arithmetic first, then scheduled."""
+    plan, room = MemoryPlan(config, recipe), capacity(hardware)
+    sequences = batch or 1
+    bound = most_chips(hardware) or config.num_layers * config.num_heads
+    for layout in sorted(candidates(config, bound, batch), key=lambda l: (l.num_chips, l.tp)):
+        layout = plan.balanced(layout, sequences, context)
+        held = plan.fullest(layout, sequences, context)
+        if held.weights + held.kv_cache > room:
+            continue
+        model = CycleModel(Deployment(config, layout, recipe, hardware), plan)
+        if model.steady(positions, sequences, context).memory["fits"]:
             return layout
-        activations = row["memory_per_chip"]["activations_bytes"]
     return None
