@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from lpu_jax.errors import UserError
+from lpu_jax.schema import REQUIRED, Fields
 from lpu_jax.textfiles import read_json, shipped_or_path
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
+# Beyond these a config is a mistake, not a model (the largest Llama-family models stay far
+# below): refused at once rather than planned for hours.
+LIMITS = {"num_hidden_layers": 2048, "hidden_size": 1 << 18, "intermediate_size": 1 << 20,
+          "num_attention_heads": 4096, "num_key_value_heads": 4096, "head_dim": 4096,
+          "vocab_size": 1 << 24, "max_position_embeddings": 1 << 24}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +84,10 @@ class ModelConfig:
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
     @classmethod
-    def from_hf_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
-        """Build from a config.json dict (transformers 4.x or 5.x spelling), refusing the unhandled."""
+    def from_hf_dict(cls, raw: dict[str, Any], source: str = "model config") -> "ModelConfig":
+        """Build from a config.json dict (transformers 4.x or 5.x spelling), refusing the unhandled
+        and any field of the wrong type or beyond the sizes lpu_jax handles (LIMITS)."""
+        fields = Fields(raw, source)
         model_type = raw.get("model_type")
         if raw.get("num_local_experts"):
             raise UserError(f"{model_type!r} is a mixture of experts ({raw['num_local_experts']} "
@@ -89,48 +97,45 @@ class ModelConfig:
             raise UserError(f"unsupported model_type {model_type!r}: lpu_jax runs "
                             f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama-architecture) checkpoints")
 
-        def need(key: str):
-            if key not in raw or raw[key] is None:
-                raise UserError(f"model config lacks {key!r}; is this a complete config.json?")
-            return raw[key]
+        def size(key: str, default=REQUIRED) -> int:
+            return fields.integer(key, default, high=LIMITS.get(key))
 
-        act = raw.get("hidden_act", "silu")
+        act = fields.text("hidden_act", "silu")
         if act != "silu":
             raise UserError(f"unsupported hidden_act {act!r}: only 'silu' (SwiGLU) is handled")
-        if raw.get("partial_rotary_factor", 1.0) != 1.0:
+        if fields.number("partial_rotary_factor", 1.0) != 1.0:
             raise UserError(f"unsupported partial_rotary_factor {raw['partial_rotary_factor']}: "
                             "only full-width RoPE is handled")
 
-        max_positions = int(need("max_position_embeddings"))
-        window = raw.get("sliding_window")
-        if window is not None and raw.get("use_sliding_window", True) and window < max_positions:
+        max_positions = size("max_position_embeddings")
+        window = fields.integer("sliding_window", None, low=0)
+        if (window is not None and fields.flag("use_sliding_window", True)
+                and window < max_positions):
             raise UserError(f"unsupported sliding_window={window} (< max_position_embeddings="
                             f"{max_positions}): sliding-window attention is not implemented")
 
-        rope_theta, rope_scaling = _read_rope(raw)
-        num_heads = int(need("num_attention_heads"))
-        hidden = int(need("hidden_size"))
-        head_dim = raw.get("head_dim") or hidden // num_heads
-        eos = raw.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        rope_theta, rope_scaling = _read_rope(fields)
+        num_heads = size("num_attention_heads")
+        hidden = size("hidden_size")
+        vocab = size("vocab_size")
         return cls(
-            vocab_size=int(need("vocab_size")),
+            vocab_size=vocab,
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
-            num_layers=int(need("num_hidden_layers")),
+            intermediate_size=size("intermediate_size"),
+            num_layers=size("num_hidden_layers"),
             num_heads=num_heads,
-            num_kv_heads=int(raw.get("num_key_value_heads") or num_heads),
-            head_dim=int(head_dim),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            num_kv_heads=size("num_key_value_heads", num_heads),
+            head_dim=size("head_dim", hidden // num_heads or 1),
+            rms_norm_eps=fields.number("rms_norm_eps", 1e-6),
             rope_theta=rope_theta,
             max_position_embeddings=max_positions,
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            tie_word_embeddings=fields.flag("tie_word_embeddings", False),
             rope_scaling=rope_scaling,
-            attention_bias=bool(raw.get("attention_bias", False)),
-            mlp_bias=bool(raw.get("mlp_bias", False)),
+            attention_bias=fields.flag("attention_bias", False),
+            mlp_bias=fields.flag("mlp_bias", False),
             model_type=model_type,
-            bos_token_id=raw.get("bos_token_id"),
-            eos_token_ids=eos_ids,
+            bos_token_id=fields.integer("bos_token_id", None, low=0),
+            eos_token_ids=fields.integers("eos_token_id"),
         )
 
     @classmethod
@@ -144,26 +149,24 @@ class ModelConfig:
         raw = read_json(Path(path))
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a JSON object")
-        return cls.from_hf_dict(raw)
+        return cls.from_hf_dict(raw, str(path))
 
 
-def _read_rope(raw: dict[str, Any]) -> tuple[float, Llama3RopeScaling | None]:
+def _read_rope(fields: Fields) -> tuple[float, Llama3RopeScaling | None]:
     """RoPE base and scaling; transformers 5 nests both in rope_parameters, 4.x keeps them apart."""
-    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-    theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
-    rope_type = params.get("rope_type", params.get("type", "default"))
+    params = fields.table("rope_parameters") or fields.table("rope_scaling") or Fields({}, "")
+    theta = params.number("rope_theta", fields.number("rope_theta", 10000.0))
+    rope_type = params.text("rope_type", params.text("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise UserError(f"unsupported RoPE scaling type {rope_type!r}: lpu_jax handles "
                         f"{', '.join(SUPPORTED_ROPE_TYPES)}")
     if rope_type == "default":
-        return float(theta), None
-    try:
-        scaling = Llama3RopeScaling(
-            factor=float(params["factor"]),
-            low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
-            original_max_position_embeddings=int(params["original_max_position_embeddings"]),
-        )
-    except KeyError as e:
-        raise UserError(f"llama3 RoPE scaling lacks {e.args[0]!r}") from None
-    return float(theta), scaling
+        return theta, None
+    scaling = Llama3RopeScaling(
+        factor=params.number("factor"),
+        low_freq_factor=params.number("low_freq_factor"),
+        high_freq_factor=params.number("high_freq_factor"),
+        original_max_position_embeddings=params.integer(
+            "original_max_position_embeddings", high=LIMITS["max_position_embeddings"]),
+    )
+    return theta, scaling

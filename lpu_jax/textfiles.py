@@ -16,6 +16,10 @@ def read_json(path: Path) -> Any:
     return _read(path, json.loads, json.JSONDecodeError, "JSON")
 
 
+def read_text(path: Path) -> str:
+    return _read(path, lambda text: text, ValueError, "UTF-8 text")
+
+
 def read_toml(path: Path) -> dict:
     return _read(path, tomllib.loads, tomllib.TOMLDecodeError, "TOML")
 
@@ -25,7 +29,11 @@ def _read(path: Path, loads, decode_error: type[Exception], kind: str) -> Any:
         return loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except (decode_error, UnicodeDecodeError) as e:
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a {kind} file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except (decode_error, UnicodeDecodeError, RecursionError) as e:
         raise UserError(f"{path}: not valid {kind} ({e})") from None
 
 

@@ -8,6 +8,8 @@ the same byte-level BPE that transformers builds from it.
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +19,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 from lpu_jax.errors import UserError
-from lpu_jax.textfiles import read_json
+from lpu_jax.schema import Fields
+from lpu_jax.textfiles import read_json, read_text
 
 # llama.cpp token types (tokenizer.ggml.token_type)
 _CONTROL, _USER_DEFINED = 3, 4
@@ -52,15 +55,10 @@ class Tokenizer:
         if not self.chat_template:
             raise UserError("this checkpoint has no chat template; drop --chat")
 
-        def raise_exception(message):
-            raise TemplateError(message)
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
         try:
-            text = env.from_string(self.chat_template).render(
-                messages=messages, add_generation_prompt=True,
-                bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+            text = render_bounded(self.chat_template, messages=messages,
+                                  add_generation_prompt=True, bos_token=self.bos_token or "",
+                                  eos_token=self.eos_token or "")
         except TemplateError as e:
             raise UserError(f"the checkpoint's chat template refused the conversation: {e}") from None
         # The template writes the special tokens itself.
@@ -76,15 +74,16 @@ class Tokenizer:
             backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # the library raises plain Exception on a bad file
             raise UserError(f"{path}: cannot read the tokenizer ({e})") from None
-        config = _read_json(directory / "tokenizer_config.json")
-        template = config.get("chat_template")
+        config_path = directory / "tokenizer_config.json"
+        config = read_json(config_path) if config_path.exists() else {}
+        if not isinstance(config, dict):
+            raise UserError(f"{config_path}: expected a JSON object")
+        template = _chat_template(config.get("chat_template"), str(config_path))
         template_file = directory / "chat_template.jinja"  # where transformers 5 saves it
         if template is None and template_file.exists():
-            template = template_file.read_text()
-        if isinstance(template, list):  # several named templates: take the default one
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        return cls(backend, template, _token_text(config.get("bos_token")),
-                   _token_text(config.get("eos_token")))
+            template = read_text(template_file)
+        return cls(backend, template, _token_text(config, "bos_token", config_path),
+                   _token_text(config, "eos_token", config_path))
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict[str, Any], source: str) -> "Tokenizer":
@@ -92,14 +91,26 @@ class Tokenizer:
         if kind != "gpt2":
             raise UserError(f"{source}: GGUF tokenizer type {kind!r} is not handled (only byte-level "
                             "BPE, 'gpt2'); pass --prompt_ids, or use the Hugging Face directory")
-        tokens: list[str] = meta["tokenizer.ggml.tokens"]
+        tokens = meta.get("tokenizer.ggml.tokens")
+        if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)):
+            raise UserError(f"{source}: GGUF metadata tokenizer.ggml.tokens must be a list of "
+                            "strings")
         token_types = meta.get("tokenizer.ggml.token_type") or [0] * len(tokens)
+        merges = meta.get("tokenizer.ggml.merges", [])
+        if not (isinstance(token_types, list) and len(token_types) == len(tokens)
+                and isinstance(merges, list) and all(isinstance(m, str) for m in merges)):
+            raise UserError(f"{source}: GGUF metadata tokenizer.ggml.token_type must list one "
+                            "type per token and tokenizer.ggml.merges be a list of strings")
+        fields = Fields(meta, f"{source}: GGUF metadata")
+        ids = {key: fields.integer(f"tokenizer.ggml.{key}", None, low=0, high=len(tokens) - 1)
+               for key in ("bos_token_id", "eos_token_id")}
+        template = fields.text("tokenizer.chat_template", None)
         spelling = _bytes_to_unicode()
         alphabet = set(spelling.values())
         # llama.cpp stores some tokens as plain text; the BPE model wants them in the byte alphabet.
         vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i
                  for i, t in enumerate(tokens)}
-        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+        merges = [tuple(m.split(" ", 1)) for m in merges]
         backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None,
                                                   continuing_subword_prefix="",
                                                   end_of_word_suffix="", fuse_unk=False))
@@ -118,25 +129,96 @@ class Tokenizer:
                             for t, kind in zip(tokens, token_types) if kind == _USER_DEFINED])
 
         def special(key):
-            index = meta.get(f"tokenizer.ggml.{key}")
-            return tokens[index] if index is not None and 0 <= index < len(tokens) else None
+            return None if ids[key] is None else tokens[ids[key]]
 
         bos = special("bos_token_id")
-        if meta.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
+        if fields.flag("tokenizer.ggml.add_bos_token", False) and bos is not None:
             backend.post_processor = processors.TemplateProcessing(
                 single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                special_tokens=[(bos, meta["tokenizer.ggml.bos_token_id"])])
-        return cls(backend, meta.get("tokenizer.chat_template"), bos, special("eos_token_id"))
+                special_tokens=[(bos, ids["bos_token_id"])])
+        return cls(backend, template, bos, special("eos_token_id"))
 
 
-def _read_json(path: Path) -> dict:
-    """An optional JSON file: {} when it is absent."""
-    return read_json(path) if path.exists() else {}
+def _chat_template(value, source: str) -> str | None:
+    """tokenizer_config.json's chat_template: a string, or a list of named templates (the one
+    named "default" is taken)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(t, dict) and isinstance(t.get("template"), str)
+                                       for t in value):
+        return next((t["template"] for t in value if t.get("name") == "default"), None)
+    raise UserError(f"{source}: chat_template must be a string or a list of "
+                    f'{{"name", "template"}} objects, got {type(value).__name__}')
 
 
-def _token_text(token) -> str | None:
+def _token_text(config: dict, key: str, source: Path) -> str | None:
     """tokenizer_config.json spells a special token as a string or as an AddedToken dict."""
-    return token.get("content") if isinstance(token, dict) else token
+    token = config.get(key)
+    if isinstance(token, dict):
+        token = token.get("content")
+    if token is not None and not isinstance(token, str):
+        raise UserError(f"{source}: {key} must be a string or an object with a string "
+                        f"'content', got {token!r}")
+    return token
+
+
+class _TemplateTimeout(TemplateError):
+    pass
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's sandbox, with * and ** refused when their result would be huge (a template
+    could otherwise ask for gigabytes in one expression)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for v in (left, right))
+        if operator == "**" and numbers and abs(right) > 64 and abs(left) > 1:
+            raise TemplateError(f"{left} ** {right} is too big for a chat template")
+        if operator == "*" and not numbers:
+            count = right if isinstance(right, int) else left
+            sized = left if isinstance(right, int) else right
+            if isinstance(count, int) and hasattr(sized, "__len__") and (
+                    count * len(sized) > MAX_TEMPLATE_TEXT):
+                raise TemplateError("a repeated string or list is too long for a chat template")
+        return super().call_binop(context, operator, left, right)
+
+
+MAX_TEMPLATE_SECONDS = 5.0
+MAX_TEMPLATE_TEXT = 10_000_000
+
+
+def render_bounded(template: str, **values) -> str:
+    """Render a chat template in jinja2's sandbox, bounded in time (in the main thread, where
+    signals are delivered) and in output; a template that runs away fails with TemplateError."""
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    timed = threading.current_thread() is threading.main_thread()
+    if timed:
+        def stop(signum, frame):
+            raise _TemplateTimeout(f"it ran for more than {MAX_TEMPLATE_SECONDS:g} s")
+
+        previous = signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, MAX_TEMPLATE_SECONDS)
+    try:
+        text = env.from_string(template).render(**values)
+    except TemplateError:
+        raise
+    except (RecursionError, MemoryError, ArithmeticError, TypeError, ValueError,
+            AttributeError, LookupError) as e:
+        raise TemplateError(f"{type(e).__name__}: {e}") from None
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    if len(text) > MAX_TEMPLATE_TEXT:
+        raise TemplateError(f"it wrote {len(text):,} characters")
+    return text
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -14,9 +14,10 @@ import numpy as np
 
 from lpu_jax.checkpoint.assemble import EMBED, FINAL_NORM, LM_HEAD, build_params
 from lpu_jax.checkpoint.gguf_file import GGUFFile
-from lpu_jax.config import ModelConfig
+from lpu_jax.config import LIMITS, ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import Params
+from lpu_jax.schema import REQUIRED, Fields
 
 # GGUF tensor name -> Hugging Face name ({i} is the layer)
 _GLOBAL_NAMES = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM,
@@ -63,32 +64,34 @@ class GGUFCheckpoint:
         if meta.get("llama.attention.sliding_window"):
             raise UserError(f"{self.path}: sliding-window attention is not implemented")
 
-        def need(key):
-            if f"llama.{key}" not in meta:
-                raise UserError(f"{self.path}: GGUF metadata lacks 'llama.{key}'")
-            return int(meta[f"llama.{key}"])
-
-        hidden, heads = need("embedding_length"), need("attention.head_count")
-        tokens = meta.get("tokenizer.ggml.tokens")
-        vocab = meta.get("llama.vocab_size") or (len(tokens) if tokens else None)
-        eos = meta.get("tokenizer.ggml.eos_token_id")
-        return ModelConfig(
-            vocab_size=int(vocab) if vocab else self._tensor_rows(EMBED),
-            hidden_size=hidden,
-            intermediate_size=need("feed_forward_length"),
-            num_layers=need("block_count"),
-            num_heads=heads,
-            num_kv_heads=int(meta.get("llama.attention.head_count_kv", heads)),
-            head_dim=int(meta.get("llama.attention.key_length", hidden // heads)),
-            rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
-            max_position_embeddings=need("context_length"),
+        # GGUF keys and the config.json fields they fill; each is checked under its GGUF name.
+        fields = Fields(meta, f"{self.path}: GGUF metadata")
+        sizes = {"vocab_size": "llama.vocab_size", "hidden_size": "llama.embedding_length",
+                 "intermediate_size": "llama.feed_forward_length",
+                 "num_hidden_layers": "llama.block_count",
+                 "num_attention_heads": "llama.attention.head_count",
+                 "num_key_value_heads": "llama.attention.head_count_kv",
+                 "head_dim": "llama.attention.key_length",
+                 "max_position_embeddings": "llama.context_length"}
+        optional = {"vocab_size", "num_key_value_heads", "head_dim"}
+        raw = {hf: fields.integer(key, None if hf in optional else REQUIRED, high=LIMITS[hf])
+               for hf, key in sizes.items()}
+        if raw["vocab_size"] is None:
+            tokens = meta.get("tokenizer.ggml.tokens")
+            raw["vocab_size"] = len(tokens) if isinstance(tokens, list) and tokens else (
+                self._tensor_rows(EMBED))
+        eos = fields.integer("tokenizer.ggml.eos_token_id", None, low=0)
+        raw.update(
+            model_type="llama",
+            rms_norm_eps=fields.number("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            rope_theta=fields.number("llama.rope.freq_base", 10000.0),
             tie_word_embeddings=LM_HEAD not in self._tensors,
             attention_bias="model.layers.0.self_attn.q_proj.bias" in self._tensors,
             mlp_bias="model.layers.0.mlp.gate_proj.bias" in self._tensors,
-            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-            eos_token_ids=() if eos is None else (int(eos),),
-        )
+            bos_token_id=fields.integer("tokenizer.ggml.bos_token_id", None, low=0),
+            eos_token_id=eos)
+        return ModelConfig.from_hf_dict({k: v for k, v in raw.items() if v is not None},
+                                        f"{self.path} (from its GGUF metadata)")
 
     def _tensor_rows(self, name: str) -> int:
         if name not in self._tensors:

@@ -9,6 +9,7 @@ left to `gguf.quants`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import struct
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lpu_jax.errors import UserError
+from lpu_jax.schema import Fields
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -110,7 +112,8 @@ class GGUFFile:
             name = cur.string()
             dims = [cur.take("Q") for _ in range(cur.take("I"))]
             infos.append((name, dims, cur.take("I"), cur.take("Q")))
-        alignment = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+        alignment = Fields(self.metadata, f"{self.path}: GGUF metadata").integer(
+            "general.alignment", DEFAULT_ALIGNMENT, high=1 << 20)
         data_start = -(-cur.pos // alignment) * alignment
 
         self.tensors: dict[str, TensorInfo] = {}
@@ -118,9 +121,15 @@ class GGUFFile:
             if ggml_type not in GGML_QUANT_SIZES:
                 raise UserError(f"{self.path}: tensor {name!r} has unknown ggml type {ggml_type}")
             block, block_bytes = GGML_QUANT_SIZES[ggml_type]
-            count = int(np.prod(dims, dtype=np.int64))
+            count = math.prod(dims)  # Python integers: no overflow to hide a corrupt size
+            if count == 0 or count % block or (dims[0] if dims else 1) % block:
+                raise UserError(f"{self.path}: tensor {name!r} has dimensions {dims} that do not "
+                                f"hold whole blocks of {block} values")
             info = TensorInfo(name, tuple(reversed(dims)), ggml_type, data_start + offset,
                               count // block * block_bytes)
+            if offset % alignment:
+                raise UserError(f"{self.path}: tensor {name!r} starts at offset {offset}, not "
+                                f"a multiple of the alignment {alignment}")
             if info.offset + info.nbytes > size:
                 raise UserError(f"{self.path}: truncated: tensor {name!r} ends at byte "
                                 f"{info.offset + info.nbytes}, the file has {size} bytes; "

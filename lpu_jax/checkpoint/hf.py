@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lpu_jax.checkpoint.assemble import build_params
@@ -10,6 +9,7 @@ from lpu_jax.checkpoint.safetensors_file import SafetensorsFile
 from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import Params
+from lpu_jax.schema import Fields
 from lpu_jax.textfiles import read_json
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -21,11 +21,19 @@ def safetensors_files(directory: Path) -> list[Path]:
     """The weight files, from the sharded index when there is one; pickles are refused."""
     index = directory / INDEX_FILE
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise UserError(f"{index}: not a valid safetensors index (no weight_map)") from None
-        return [directory / name for name in dict.fromkeys(weight_map.values())]
+        raw = read_json(index)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise UserError(f"{index}: not a valid safetensors index (no weight_map object)")
+        files = []
+        for name in dict.fromkeys(weight_map.values()):
+            # A file of the checkpoint, never a path that leads out of its directory.
+            if (not isinstance(name, str) or Path(name).name != name
+                    or not name.endswith(".safetensors")):
+                raise UserError(f"{index}: weight_map names {name!r}; it must name .safetensors "
+                                "files in the checkpoint's own directory")
+            files.append(directory / name)
+        return files
     if (directory / SINGLE_FILE).exists():
         return [directory / SINGLE_FILE]
     loose = sorted(directory.glob("*.safetensors"))
@@ -40,8 +48,10 @@ def safetensors_files(directory: Path) -> list[Path]:
 
 
 def load_hf_dir(directory: Path, config: ModelConfig) -> Params:
-    files = [SafetensorsFile(path) for path in safetensors_files(directory)]
+    files = []
     try:
+        for path in safetensors_files(directory):
+            files.append(SafetensorsFile(path))
         owner = {name: f for f in files for name in f.names()}
         return build_params(config, owner, lambda name: owner[name].read(name), str(directory))
     finally:
@@ -54,8 +64,4 @@ def read_generation_eos(directory: Path) -> tuple[int, ...]:
     path = directory / "generation_config.json"
     if not path.exists():
         return ()
-    raw = read_json(path)
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    eos = raw.get("eos_token_id")
-    return tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+    return Fields(read_json(path), str(path)).integers("eos_token_id")

@@ -9,6 +9,7 @@ time with pread: host memory holds one tensor beyond what the caller keeps.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -17,6 +18,10 @@ import ml_dtypes
 import numpy as np
 
 from lpu_jax.errors import UserError
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
 
 DTYPES = {
     "F64": np.dtype(np.float64),
@@ -55,25 +60,50 @@ class SafetensorsFile:
                             f"(header claims {header_len} bytes, file has {size})")
         try:
             header = json.loads(os.pread(self._fd, header_len, 8))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise UserError(f"{self.path}: corrupt safetensors header (not JSON)") from None
+        if not isinstance(header, dict):
+            raise UserError(f"{self.path}: corrupt safetensors header (a JSON "
+                            f"{type(header).__name__}, not an object of tensors)")
         header.pop("__metadata__", None)
         data_start = 8 + header_len
+        spans = []
         for name, entry in header.items():
-            try:
-                begin, end = entry["data_offsets"]
-                dtype_name, shape = entry["dtype"], entry["shape"]
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{self.path}: corrupt header entry for tensor {name!r}") from None
-            if data_start + end > size:
-                raise UserError(f"{self.path}: truncated: tensor {name!r} ends at byte "
-                                f"{data_start + end}, the file has {size} bytes; download it again")
-            if dtype_name in DTYPES:
-                expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype_name].itemsize
+            begin, end, shape = self._check_entry(name, entry, size - data_start)
+            if entry["dtype"] in DTYPES:
+                expected = math.prod(shape) * DTYPES[entry["dtype"]].itemsize
                 if end - begin != expected:
                     raise UserError(f"{self.path}: tensor {name!r} holds {end - begin} bytes, its "
-                                    f"shape {shape} and dtype {dtype_name} need {expected}")
+                                    f"shape {shape} and dtype {entry['dtype']} need {expected}")
+            spans.append((begin, end, name))
+        spans.sort()
+        for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+            if begin < end:
+                raise UserError(f"{self.path}: corrupt header: tensors {first!r} and {second!r} "
+                                "overlap in the data")
         return header, data_start
+
+    def _check_entry(self, name: str, entry, data_bytes: int) -> tuple[int, int, list[int]]:
+        """A header entry's (begin, end, shape), each checked: offsets are byte positions in the
+        data region (after the header), begin <= end; the shape a list of whole numbers."""
+        def bad(what: str) -> UserError:
+            return UserError(f"{self.path}: corrupt header entry for tensor {name!r}: {what}")
+
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise bad("it needs dtype, shape and data_offsets")
+        offsets, shape = entry["data_offsets"], entry["shape"]
+        if not isinstance(entry["dtype"], str):
+            raise bad(f"dtype must be a string, got {entry['dtype']!r}")
+        if not (isinstance(shape, list) and all(_whole(n) for n in shape)):
+            raise bad(f"shape must be a list of whole numbers >= 0, got {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_whole, offsets))
+                and offsets[0] <= offsets[1]):
+            raise bad(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+        if offsets[1] > data_bytes:
+            raise UserError(f"{self.path}: truncated: tensor {name!r} ends at byte "
+                            f"{offsets[1]} of the data, which has {data_bytes} bytes; download "
+                            "it again")
+        return offsets[0], offsets[1], shape
 
     def names(self) -> list[str]:
         return list(self._entries)

@@ -77,10 +77,11 @@ def main() -> None:
 
     from lpu_jax.checkpoint import load_model
 
+    prompt = common.prompt_text() or DEFAULT_PROMPT
     model = load_model(common.MODEL.value)
     if model.tokenizer is None:
         raise UserError("lpu-bench needs a checkpoint with a tokenizer")
-    ids = model.tokenizer.encode(common.PROMPT.value or DEFAULT_PROMPT)
+    ids = model.tokenizer.encode(prompt)
     ours = lpu_jax_decode_rate(model, ids, new_tokens, _REPEATS.value)
     theirs, peer = transformers_decode_rate(model.source, ids, new_tokens, _REPEATS.value)
     device = jax.devices()[0]

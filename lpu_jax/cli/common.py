@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,13 @@ MODEL = flags.DEFINE_string("model", None, "Hugging Face directory or .gguf file
 PROMPT = flags.DEFINE_string("prompt", None, "Prompt text.")
 MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "Most new tokens to generate.")
 JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of text for people.")
+
+
+def prompt_text() -> str | None:
+    """--prompt, refused when given empty (an empty prompt has nothing to continue)."""
+    if PROMPT.value is not None and not PROMPT.value:
+        raise UserError("--prompt is empty")
+    return PROMPT.value
 
 
 def fail(message: str) -> None:
@@ -40,31 +48,76 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def check_output_path(path: str, flag: str) -> Path:
-    """An output file's path, refused before any work when its directory does not exist."""
+    """An output file's path, checked before any work: its directory exists and takes a new
+    file (tried, so /proc or a read-only mount is found now), and the path is absent or a
+    regular file we may replace (never a directory, a device, a FIFO or a socket)."""
     out = Path(path)
     if not out.parent.is_dir():
         raise UserError(f"{flag}: directory {out.parent} does not exist")
+    if out.exists():
+        mode = out.stat().st_mode  # through a symlink: what a write would reach
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{flag}: {out} is a directory; name a file")
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{flag}: {out} is not a regular file (a device, FIFO or socket); "
+                            "name a file")
+        if not os.access(out, os.W_OK):
+            raise UserError(f"{flag}: {out} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag}: cannot write in {out.parent} ({e.strerror})") from None
     return out
 
 
 def check_png_path(path: str, flag: str) -> Path:
-    """A picture's path: a .png in a directory that exists, refused before any work."""
+    """A picture's path: a .png that check_output_path accepts."""
     out = check_output_path(path, flag)
     if out.suffix != ".png":
         raise UserError(f"{flag} must end in .png, got {out.name}")
     return out
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write beside the target, then rename: a failure never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+class Outputs:
+    """A run's output files, each written beside its target and all renamed into place only
+    when the run succeeds: a failure leaves every file as it was. New files get the mode the
+    user's umask gives; a replaced file keeps its own mode.
+
+        with Outputs() as outputs:
+            outputs.stage(path, lambda f: f.write(data))
+    """
+
+    def __init__(self):
+        self._staged: list[tuple[str, Path]] = []
+
+    def stage(self, path: Path, write: Callable[[BinaryIO], None]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self._staged.append((tmp, path))
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode())
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if kind is None:
+                for tmp, path in self._staged:
+                    os.replace(tmp, path)
+        except OSError as e:
+            raise UserError(f"cannot write {path} ({e.strerror})") from None
+        finally:
+            for tmp, _ in self._staged:
+                Path(tmp).unlink(missing_ok=True)
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def disable_cpu_fma() -> None:

@@ -45,7 +45,8 @@ def trace_path() -> Path | None:
     return common.check_output_path(TRACE.value, "--trace") if TRACE.value else None
 
 
-def save_trace(schedule, path: Path, title: str) -> None:
+def save_trace(schedule, path: Path, title: str, outputs: "common.Outputs") -> None:
+    """Stage the schedule's Perfetto trace among the run's outputs."""
     from lpu_jax.lpu.perfetto import write_trace
 
     shown = []
@@ -56,7 +57,7 @@ def save_trace(schedule, path: Path, title: str) -> None:
         text.flush()
         text.detach()
 
-    common.write_atomically(path, write)
+    outputs.stage(path, write)
     if shown[0] < schedule.chips:
         print(f"[trace] {path}: chips 0-{shown[0] - 1} of {schedule.chips} (every chip runs the "
               "same program)", file=sys.stderr)

@@ -95,6 +95,8 @@ def main() -> None:
         raise UserError("--batch must be >= 1")
     if _PROMPT_LEN.value < 1 or _NEW_TOKENS.value < 1:
         raise UserError("--prompt_len and --new_tokens must be >= 1")
+    if _CONTEXT.value is not None and _CONTEXT.value < 1:
+        raise UserError(f"--context must be >= 1, got {_CONTEXT.value}")
     hardware = emulated.hardware_list()
     if len(hardware) > 1 and (len(tps) * len(pps) > 1 or _ALL.value):
         raise UserError("several --hardware configs compare one deployment each: give --tp "
@@ -126,29 +128,29 @@ def main() -> None:
         rows, models = _choose(question, hardware[0], chips)
     else:
         rows, models = _sweep(question, hardware[0], tps, pps)
-    if plot_path is not None:
-        from lpu_jax.lpu.plots import draw_scaling
+    with common.Outputs() as outputs:  # all written, or none changed
+        if plot_path is not None:
+            from lpu_jax.lpu.plots import draw_scaling
 
-        title = (f"{question.name}, {recipe.name}, {context:,} positions: tokens/s against "
-                 "chips")
-        common.write_atomically(plot_path, lambda f: draw_scaling(rows, f, title))
-    if trace_path or gantt_path:
-        _show_one(question, models[0], trace_path, gantt_path)
+            title = (f"{question.name}, {recipe.name}, {context:,} positions: tokens/s against "
+                     "chips")
+            outputs.stage(plot_path, lambda f: draw_scaling(rows, f, title))
+        if trace_path or gantt_path:
+            _show_one(question, models[0], trace_path, gantt_path, outputs)
 
 
-def _show_one(question: _Question, model, trace_path, gantt_path) -> None:
+def _show_one(question: _Question, model, trace_path, gantt_path, outputs) -> None:
     """The decode step of one reported deployment as a Perfetto trace and a Gantt chart."""
     step, layout = model.last_decode, model.deployment.layout
     title = (f"{question.name} decode step, {model.deployment.hardware.name}, tp {layout.tp} x "
              f"pp {layout.pp}, {question.recipe.name}")
     if trace_path is not None:
-        emulated.save_trace(step, trace_path, title)
+        emulated.save_trace(step, trace_path, title, outputs)
     if gantt_path is not None:
         from lpu_jax.lpu.plots import draw_gantt
 
         layers = layout.pp * layout.layer_slots(question.config.num_layers)
-        common.write_atomically(gantt_path,
-                                lambda f: draw_gantt(step, layout.tp, layers, f, title))
+        outputs.stage(gantt_path, lambda f: draw_gantt(step, layout.tp, layers, f, title))
 
 
 def _report(question: _Question, hardware, tp: int, pp: int) -> tuple[dict, object]:

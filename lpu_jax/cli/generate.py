@@ -73,7 +73,7 @@ def prompt_batch(tokenizer) -> tuple[list[list[int]], bool]:
         return [parse_prompt_ids(_PROMPT_IDS.value)], False
     if tokenizer is None:
         raise UserError("this checkpoint ships no tokenizer lpu_jax can read; use --prompt_ids")
-    texts = [common.PROMPT.value] if common.PROMPT.value is not None else read_prompts_file()
+    texts = [common.prompt_text()] if common.PROMPT.value is not None else read_prompts_file()
 
     def encode(text):
         if _CHAT.value:
@@ -163,14 +163,16 @@ def main() -> None:
     wall.load_s = load_s
     if not speaks:
         return
-    if dump_path is not None:
-        import numpy as np
-
-        common.write_atomically(dump_path, lambda f: np.save(f, results[0].logits))
     figures = emulate(cycle_model, prompts, results)
-    if trace_path is not None:
-        emulated.save_trace(cycle_model.last_decode, trace_path,
-                            f"decode, {hardware.name}, tp={_TP.value} pp={_PP.value}")
+    with common.Outputs() as outputs:  # all written, or none changed
+        if dump_path is not None:
+            import numpy as np
+
+            outputs.stage(dump_path, lambda f: np.save(f, results[0].logits))
+        if trace_path is not None:
+            emulated.save_trace(cycle_model.last_decode, trace_path,
+                                f"decode, {hardware.name}, tp={_TP.value} pp={_PP.value}",
+                                outputs)
     report(model, engine, prompts, results, is_batch, figures)
 
 

@@ -93,10 +93,11 @@ def main() -> None:
     reference_ppl = scorer.reference_perplexity()
     for row in rows:
         row["perplexity_change"] = row["perplexity"] / reference_ppl - 1
-    if out is not None:
-        common.write_atomically(out, lambda f: f.write(table_bytes(rows, out.suffix)))
-    if plot is not None:
-        common.write_atomically(plot, lambda f: draw(rows, f, model.source, len(tokens) - 1))
+    with common.Outputs() as outputs:  # all written, or none changed
+        if out is not None:
+            outputs.stage(out, lambda f: f.write(table_bytes(rows, out.suffix)))
+        if plot is not None:
+            outputs.stage(plot, lambda f: draw(rows, f, model.source, len(tokens) - 1))
     if common.JSON.value:
         print(json.dumps({"model": model.source, "reference_perplexity": reference_ppl,
                           "rows": rows}))

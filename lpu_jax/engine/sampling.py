@@ -26,6 +26,9 @@ class SamplingConfig:
             raise UserError(f"--top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
             raise UserError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if not -2**31 <= self.seed < 2**31:
+            raise UserError(f"--seed must fit in 32 bits ({-2**31} to {2**31 - 1}), got "
+                            f"{self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -33,10 +36,16 @@ class SamplingConfig:
 
 
 def sample(logits_BV: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.Array:
-    """Next token ids [B], int32. The key is the step's own (fold the position in before)."""
+    """Next token ids [B], int32. The key is the step's own (fold the position in before).
+
+    A temperature so small that logits / temperature overflows float32 is greedy for that row:
+    the limit of sampling as the temperature goes to zero.
+    """
+    greedy = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     if config.greedy:
-        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        return greedy
     logits = logits_BV.astype(jnp.float32) / config.temperature
+    overflowed = jnp.any(jnp.isfinite(logits_BV) & ~jnp.isfinite(logits), axis=-1)
     if config.top_k and config.top_k < logits.shape[-1]:
         kth_largest = jax.lax.top_k(logits, config.top_k)[0][:, -1:]
         logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
@@ -49,4 +58,5 @@ def sample(logits_BV: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.
         kept = mass_before < config.top_p
         threshold = jnp.min(jnp.where(kept, sorted_desc, jnp.inf), axis=-1, keepdims=True)
         logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    sampled = jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    return jnp.where(overflowed, greedy, sampled)
