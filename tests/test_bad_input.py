@@ -87,6 +87,18 @@ def test_safetensors_headers_are_checked_entry_by_entry(tmp_path, header, messag
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("name", ["../elsewhere.safetensors", "/etc/passwd", "sub/x.safetensors",
+                                  "weights.bin", 7])
+def test_a_sharded_index_names_files_of_its_own_directory(tmp_path, name):
+    from lpu_jax.checkpoint.hf import safetensors_files
+
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"model.embed_tokens.weight": name}}))
+    with pytest.raises(UserError, match="it must name .safetensors files in the checkpoint's "
+                                        "own directory"):
+        safetensors_files(tmp_path)
+
+
 def gguf_with(tmp_path, **metadata):
     """A tiny llama GGUF: every field the config needs, then `metadata` over them."""
     fields = {"llama.block_count": 2, "llama.embedding_length": 64,
@@ -230,10 +242,14 @@ def flag_runs(tmp_path_factory):
         os.makedirs(f"/tmp/{name}", exist_ok=True)
     runs = run_each("lpu_jax.cli.generate", [args for args, _ in GENERATE_FLAGS])
     runs.update(run_each("lpu_jax.cli.estimate", [args for args, _ in ESTIMATE_FLAGS]))
+    runs.update(run_each("lpu_jax.cli.bench", [args for args, _ in BENCH_FLAGS]))
     return runs
 
 
-@pytest.mark.parametrize("args, message", GENERATE_FLAGS + ESTIMATE_FLAGS)
+BENCH_FLAGS = [(["--prompt", ""], "--prompt is empty")]
+
+
+@pytest.mark.parametrize("args, message", GENERATE_FLAGS + ESTIMATE_FLAGS + BENCH_FLAGS)
 def test_flags_get_one_line(flag_runs, args, message):
     assert_user_error(flag_runs[tuple(args)], message)
 
@@ -245,3 +261,16 @@ def test_a_config_of_ten_million_layers_is_refused_at_once(tmp_path):
     result = run_each("lpu_jax.cli.estimate", [["--config", str(path)]])[("--config", str(path))]
     assert_user_error(result, "num_hidden_layers must be a whole number >= 1 and <= 2,048")
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize("module, own, foreign", [
+    ("lpu_jax.cli.estimate", {"--config", "--chips", "--json", "--hardware"},
+     {"--model", "--prompt", "--max_new_tokens"}),
+    ("lpu_jax.cli.sweep", {"--model", "--recipes", "--json"}, {"--prompt", "--max_new_tokens"}),
+    ("lpu_jax.cli.bench", {"--model", "--prompt", "--max_new_tokens"}, {"--config", "--tp"})])
+def test_each_command_lists_its_own_flags(module, own, foreign):
+    result = run_each(module, [["--help"]])[("--help",)]
+    assert result.returncode == 0, result.stderr
+    listed = {word.split(":")[0].replace("--[no]", "--") for word in result.stdout.split()
+              if word.startswith("--")}
+    assert own <= listed and not foreign & listed, listed

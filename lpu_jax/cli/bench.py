@@ -19,6 +19,8 @@ from absl import flags
 from lpu_jax.cli import common
 from lpu_jax.errors import UserError
 
+_MODEL = common.model_flag()
+_PROMPT, _MAX_NEW_TOKENS = common.prompt_flags()
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per side (the median is reported).")
 DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -67,7 +69,7 @@ def transformers_decode_rate(source: str, ids: list[int], new_tokens: int,
 
 
 def main() -> None:
-    new_tokens = common.MAX_NEW_TOKENS.value
+    new_tokens = _MAX_NEW_TOKENS.value
     if new_tokens < 2:
         raise UserError("--max_new_tokens must be >= 2 to time decoding")
     if _REPEATS.value < 1:
@@ -77,8 +79,8 @@ def main() -> None:
 
     from lpu_jax.checkpoint import load_model
 
-    prompt = common.prompt_text() or DEFAULT_PROMPT
-    model = load_model(common.MODEL.value)
+    prompt = common.prompt_text(_PROMPT) or DEFAULT_PROMPT
+    model = load_model(_MODEL.value)
     if model.tokenizer is None:
         raise UserError("lpu-bench needs a checkpoint with a tokenizer")
     ids = model.tokenizer.encode(prompt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import sys
@@ -15,19 +16,29 @@ from lpu_jax.errors import UserError
 
 EXIT_USER_ERROR = 2
 
-# Flags every command shares (each console script imports one command module, plus this one).
-MODEL = flags.DEFINE_string("model", None, "Hugging Face directory or .gguf file "
-                            "(default: the embedded SmolLM2-135M-Instruct).")
-PROMPT = flags.DEFINE_string("prompt", None, "Prompt text.")
-MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "Most new tokens to generate.")
+# Every command prints --json. The flags only some share are defined by the commands that use
+# them (model_flag, prompt_flags), so each command's --help lists its own flags only.
 JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of text for people.")
 
 
-def prompt_text() -> str | None:
+@functools.cache
+def model_flag() -> flags.FlagHolder:
+    return flags.DEFINE_string("model", None, "Hugging Face directory or .gguf file "
+                               "(default: the embedded SmolLM2-135M-Instruct).")
+
+
+@functools.cache
+def prompt_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
+    """--prompt and --max_new_tokens."""
+    return (flags.DEFINE_string("prompt", None, "Prompt text."),
+            flags.DEFINE_integer("max_new_tokens", 128, "Most new tokens to generate."))
+
+
+def prompt_text(prompt: flags.FlagHolder) -> str | None:
     """--prompt, refused when given empty (an empty prompt has nothing to continue)."""
-    if PROMPT.value is not None and not PROMPT.value:
+    if prompt.value is not None and not prompt.value:
         raise UserError("--prompt is empty")
-    return PROMPT.value
+    return prompt.value
 
 
 def fail(message: str) -> None:
@@ -37,11 +48,18 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "--helpfull", "-?")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
         fail(str(e).splitlines()[0])
+    except SystemExit:
+        if any(arg in HELP_FLAGS for arg in argv[1:]):
+            sys.exit(0)  # absl exits 1 after printing the help that was asked for
+        raise
     if len(rest) > 1:
         fail(f"unexpected argument {rest[1]!r} (every option is a --flag)")
     return rest

@@ -13,6 +13,8 @@ from absl import flags
 from lpu_jax.cli import common, emulated
 from lpu_jax.errors import UserError
 
+_MODEL = common.model_flag()
+_PROMPT, _MAX_NEW_TOKENS = common.prompt_flags()
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "Prompt as comma-separated token ids, "
                                   "e.g. 1,2,3 (instead of --prompt).")
 _CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt in the checkpoint's chat template.")
@@ -64,7 +66,7 @@ def parse_prompt_ids(text: str) -> list[int]:
 
 def prompt_batch(tokenizer) -> tuple[list[list[int]], bool]:
     """The prompts as token ids, and whether they came as a batch (--prompts_file)."""
-    given = [f for f in (common.PROMPT, _PROMPT_IDS, _PROMPTS_FILE) if f.value is not None]
+    given = [f for f in (_PROMPT, _PROMPT_IDS, _PROMPTS_FILE) if f.value is not None]
     if len(given) != 1:
         raise UserError("pass exactly one of --prompt, --prompt_ids and --prompts_file")
     if _PROMPT_IDS.value is not None:
@@ -73,7 +75,7 @@ def prompt_batch(tokenizer) -> tuple[list[list[int]], bool]:
         return [parse_prompt_ids(_PROMPT_IDS.value)], False
     if tokenizer is None:
         raise UserError("this checkpoint ships no tokenizer lpu_jax can read; use --prompt_ids")
-    texts = [common.prompt_text()] if common.PROMPT.value is not None else read_prompts_file()
+    texts = [common.prompt_text(_PROMPT)] if _PROMPT.value is not None else read_prompts_file()
 
     def encode(text):
         if _CHAT.value:
@@ -99,12 +101,12 @@ def main() -> None:
     from lpu_jax.engine.sampling import SamplingConfig
 
     sampling = SamplingConfig(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _SEED.value)
-    if common.MAX_NEW_TOKENS.value < 1:
-        raise UserError(f"--max_new_tokens must be >= 1, got {common.MAX_NEW_TOKENS.value}")
+    if _MAX_NEW_TOKENS.value < 1:
+        raise UserError(f"--max_new_tokens must be >= 1, got {_MAX_NEW_TOKENS.value}")
     dump_path = (common.check_output_path(_DUMP_LOGITS.value, "--dump_logits")
                  if _DUMP_LOGITS.value else None)
     trace_path = emulated.trace_path()
-    if all(f.value is None for f in (common.PROMPT, _PROMPT_IDS, _PROMPTS_FILE)):
+    if all(f.value is None for f in (_PROMPT, _PROMPT_IDS, _PROMPTS_FILE)):
         raise UserError("pass --prompt TEXT (or --prompt_ids 1,2,3, or --prompts_file FILE)")
 
     from lpu_jax.chips import distributed
@@ -133,10 +135,10 @@ def main() -> None:
     check_chips(hardware, layout)
     precision = load_recipe(_PRECISION.value)
     Placement.choose(layout, _FOLD.value)
-    layout.check(load_config(common.MODEL.value))
+    layout.check(load_config(_MODEL.value))
 
     start = time.perf_counter()
-    model = load_model(common.MODEL.value)
+    model = load_model(_MODEL.value)
     load_s = time.perf_counter() - start
     prompts, is_batch = prompt_batch(model.tokenizer)
     if is_batch and dump_path is not None:
@@ -148,7 +150,7 @@ def main() -> None:
     speaks = _PROCESS_ID.value == 0
 
     if is_batch:
-        results = engine.generate_batch(prompts, common.MAX_NEW_TOKENS.value)
+        results = engine.generate_batch(prompts, _MAX_NEW_TOKENS.value)
     else:
         on_token = None
         if speaks and not common.JSON.value and model.tokenizer is not None:
@@ -157,7 +159,7 @@ def main() -> None:
             def on_token(token_id):
                 sys.stdout.write(stream.push(token_id))
                 sys.stdout.flush()
-        results = [engine.generate(prompts[0], common.MAX_NEW_TOKENS.value, on_token=on_token,
+        results = [engine.generate(prompts[0], _MAX_NEW_TOKENS.value, on_token=on_token,
                                    keep_logits=dump_path is not None)]
     wall = results[0].wall  # one run: a batch shares its wall times
     wall.load_s = load_s

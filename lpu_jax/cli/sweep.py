@@ -13,6 +13,7 @@ from absl import flags
 from lpu_jax.cli import common
 from lpu_jax.errors import UserError
 
+_MODEL = common.model_flag()
 _RECIPES = flags.DEFINE_list("recipes", None, "Recipes to compare, names from "
                              "configs/precision or .toml files (default: every shipped one).")
 _TEXT = flags.DEFINE_string("text", None, "A UTF-8 text file to score (default: the Python "
@@ -76,7 +77,7 @@ def main() -> None:
     from lpu_jax.checkpoint import load_model
     from lpu_jax.engine.scoring import TextScorer
 
-    model = load_model(common.MODEL.value)
+    model = load_model(_MODEL.value)
     if model.tokenizer is None:
         raise UserError("this checkpoint ships no tokenizer lpu_jax can read; lpu-sweep needs one")
     limit = min(_TOKENS.value, model.config.max_position_embeddings - 1) + 1
