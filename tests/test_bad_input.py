@@ -7,7 +7,6 @@ import stat
 import struct
 import time
 
-import gguf
 import numpy as np
 import pytest
 
@@ -21,6 +20,7 @@ from lpu_jax.errors import UserError
 from lpu_jax.tokenizer import MAX_TEMPLATE_SECONDS, Tokenizer, render_bounded
 from tests import tiny_models
 from tests.cli_forks import run_each
+from tests.gguf_files import write_gguf
 from tests.test_cli import assert_user_error
 
 GOOD_CONFIG = dict(model_type="llama", vocab_size=32, hidden_size=64, intermediate_size=96,
@@ -104,21 +104,8 @@ def gguf_with(tmp_path, **metadata):
     fields = {"llama.block_count": 2, "llama.embedding_length": 64,
               "llama.feed_forward_length": 96, "llama.attention.head_count": 4,
               "llama.context_length": 128, **metadata}
-    path = tmp_path / "model.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    for key, value in fields.items():
-        if isinstance(value, str):
-            writer.add_string(key, value)
-        elif isinstance(value, float):
-            writer.add_float32(key, value)
-        else:
-            writer.add_uint32(key, value)
-    writer.add_tensor("token_embd.weight", np.zeros((32, 64), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_gguf(tmp_path / "model.gguf", fields,
+                      {"token_embd.weight": np.zeros((32, 64), np.float32)})
 
 
 @pytest.mark.parametrize("metadata, message", [
