@@ -230,13 +230,16 @@ def flag_runs(tmp_path_factory):
     runs = run_each("lpu_jax.cli.generate", [args for args, _ in GENERATE_FLAGS])
     runs.update(run_each("lpu_jax.cli.estimate", [args for args, _ in ESTIMATE_FLAGS]))
     runs.update(run_each("lpu_jax.cli.bench", [args for args, _ in BENCH_FLAGS]))
+    runs.update(run_each("lpu_jax.cli.sweep", [args for args, _ in SWEEP_FLAGS]))
     return runs
 
 
 BENCH_FLAGS = [(["--prompt", ""], "--prompt is empty")]
+SWEEP_FLAGS = [(["--recipes", ""], "--recipes names no recipe")]
 
 
-@pytest.mark.parametrize("args, message", GENERATE_FLAGS + ESTIMATE_FLAGS + BENCH_FLAGS)
+@pytest.mark.parametrize("args, message",
+                         GENERATE_FLAGS + ESTIMATE_FLAGS + BENCH_FLAGS + SWEEP_FLAGS)
 def test_flags_get_one_line(flag_runs, args, message):
     assert_user_error(flag_runs[tuple(args)], message)
 
@@ -261,3 +264,14 @@ def test_each_command_lists_its_own_flags(module, own, foreign):
     listed = {word.split(":")[0].replace("--[no]", "--") for word in result.stdout.split()
               if word.startswith("--")}
     assert own <= listed and not foreign & listed, listed
+
+
+def test_a_run_refused_on_one_output_leaves_the_others_untouched(tmp_path):
+    dump = tmp_path / "logits.npy"
+    dump.write_bytes(b"yesterday's logits")
+    (tmp_path / "trace.json").mkdir()
+    args = ["--prompt", "hi", "--dump_logits", str(dump), "--trace", str(tmp_path / "trace.json")]
+    result = run_each("lpu_jax.cli.generate", [args])[tuple(args)]
+    assert_user_error(result, "trace.json is a directory; name a file")
+    assert dump.read_bytes() == b"yesterday's logits"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npy", "trace.json"]

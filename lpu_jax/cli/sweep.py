@@ -69,6 +69,8 @@ def main() -> None:
     out, plot = check_outputs()
     from lpu_jax.numerics.recipe import available, load_recipe
 
+    if _RECIPES.value is not None and not [r for r in _RECIPES.value if r.strip()]:
+        raise UserError("--recipes names no recipe (leave it out to compare every shipped one)")
     recipes = [load_recipe(r) for r in (_RECIPES.value or available())]
     text = read_text()
     common.enable_compilation_cache()
