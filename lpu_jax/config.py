@@ -156,6 +156,8 @@ def _read_rope(fields: Fields) -> tuple[float, Llama3RopeScaling | None]:
     """RoPE base and scaling; transformers 5 nests both in rope_parameters, 4.x keeps them apart."""
     params = fields.table("rope_parameters") or fields.table("rope_scaling") or Fields({}, "")
     theta = params.number("rope_theta", fields.number("rope_theta", 10000.0))
+    if theta <= 1:  # the wavelengths base**(2i/d) would not grow: no position could be told
+        raise UserError(f"{fields.source}: rope_theta must be > 1, got {theta}")
     rope_type = params.text("rope_type", params.text("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise UserError(f"unsupported RoPE scaling type {rope_type!r}: lpu_jax handles "

@@ -24,6 +24,9 @@ class Fields:
             raise UserError(f"{source}: expected a table of fields, got {type(raw).__name__}")
         self.raw, self.source = raw, source
 
+    def __bool__(self) -> bool:
+        return bool(self.raw)  # an empty table reads as absent
+
     def _get(self, key: str, default):
         value = self.raw.get(key)
         if value is None:

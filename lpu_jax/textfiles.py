@@ -33,7 +33,7 @@ def _read(path: Path, loads, decode_error: type[Exception], kind: str) -> Any:
         raise UserError(f"{path}: is a directory, not a {kind} file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except (decode_error, UnicodeDecodeError, RecursionError) as e:
+    except (decode_error, ValueError, RecursionError) as e:  # ValueError: an absurd literal
         raise UserError(f"{path}: not valid {kind} ({e})") from None
 
 

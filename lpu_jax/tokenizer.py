@@ -8,6 +8,7 @@ the same byte-level BPE that transformers builds from it.
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from pathlib import Path
@@ -45,10 +46,16 @@ class Tokenizer:
         return None if self.eos_token is None else self.backend.token_to_id(self.eos_token)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except Exception as e:  # the library raises plain Exception on a broken tokenizer
+            raise UserError(f"the checkpoint's tokenizer cannot encode the prompt ({e})") from None
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.backend.decode(list(ids), skip_special_tokens=True)
+        try:
+            return self.backend.decode(list(ids), skip_special_tokens=True)
+        except Exception as e:
+            raise UserError(f"the checkpoint's tokenizer cannot decode ({e})") from None
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
         """Ids of the conversation with the assistant's turn opened, as transformers renders it."""
@@ -110,10 +117,16 @@ class Tokenizer:
         # llama.cpp stores some tokens as plain text; the BPE model wants them in the byte alphabet.
         vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i
                  for i, t in enumerate(tokens)}
+        if not all(" " in m for m in merges):
+            raise UserError(f"{source}: GGUF metadata tokenizer.ggml.merges must be pairs "
+                            "'left right'")
         merges = [tuple(m.split(" ", 1)) for m in merges]
-        backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None,
-                                                  continuing_subword_prefix="",
-                                                  end_of_word_suffix="", fuse_unk=False))
+        try:
+            backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None,
+                                                      continuing_subword_prefix="",
+                                                      end_of_word_suffix="", fuse_unk=False))
+        except Exception as e:  # e.g. a merge of tokens the vocabulary lacks
+            raise UserError(f"{source}: GGUF tokenizer cannot be built ({e})") from None
         split = _SPLIT_BY_GGUF_PRE.get(meta.get("tokenizer.ggml.pre"))
         if split is None:
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -170,7 +183,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """jinja2's sandbox, with * and ** refused when their result would be huge (a template
     could otherwise ask for gigabytes in one expression)."""
 
-    intercepted_binops = frozenset(["*", "**"])
+    intercepted_binops = frozenset(["*", "**", "%"])
 
     def call_binop(self, context, operator, left, right):
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -181,13 +194,17 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             count = right if isinstance(right, int) else left
             sized = left if isinstance(right, int) else right
             if isinstance(count, int) and hasattr(sized, "__len__") and (
-                    count * len(sized) > MAX_TEMPLATE_TEXT):
+                    count * max(len(sized), 1) > MAX_TEMPLATE_REPEAT):
                 raise TemplateError("a repeated string or list is too long for a chat template")
+        if operator == "%" and isinstance(left, str) and any(
+                int(width) > MAX_TEMPLATE_REPEAT for width in re.findall(r"%[-+ #0]*(\d+)", left)):
+            raise TemplateError("a %-format width is too large for a chat template")
         return super().call_binop(context, operator, left, right)
 
 
 MAX_TEMPLATE_SECONDS = 5.0
 MAX_TEMPLATE_TEXT = 10_000_000
+MAX_TEMPLATE_REPEAT = 100_000  # items or characters one * or %-width may make
 
 
 def render_bounded(template: str, **values) -> str:
@@ -204,7 +221,7 @@ def render_bounded(template: str, **values) -> str:
             raise _TemplateTimeout(f"it ran for more than {MAX_TEMPLATE_SECONDS:g} s")
 
         previous = signal.signal(signal.SIGALRM, stop)
-        signal.setitimer(signal.ITIMER_REAL, MAX_TEMPLATE_SECONDS)
+        outer = signal.setitimer(signal.ITIMER_REAL, MAX_TEMPLATE_SECONDS, 0.5)
     try:
         text = env.from_string(template).render(**values)
     except TemplateError:
@@ -213,8 +230,8 @@ def render_bounded(template: str, **values) -> str:
             AttributeError, LookupError) as e:
         raise TemplateError(f"{type(e).__name__}: {e}") from None
     finally:
-        if timed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        if timed:  # the caller's own timer, if it had one, carries on
+            signal.setitimer(signal.ITIMER_REAL, *outer)
             signal.signal(signal.SIGALRM, previous)
     if len(text) > MAX_TEMPLATE_TEXT:
         raise TemplateError(f"it wrote {len(text):,} characters")

@@ -40,6 +40,7 @@ GOOD_CONFIG = dict(model_type="llama", vocab_size=32, hidden_size=64, intermedia
     (dict(tie_word_embeddings="yes"), "tie_word_embeddings must be true or false, got 'yes'"),
     (dict(eos_token_id=["a"]), "eos_token_id[0] must be a whole number >= 0, got 'a'"),
     (dict(rope_theta=float("inf")), "rope_theta must be a finite number > 0, got inf"),
+    (dict(rope_theta=1e-300), "rope_theta must be > 1, got 1e-300"),
     (dict(rope_parameters=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                                high_freq_factor="x", original_max_position_embeddings=8192)),
      "[rope_parameters]: high_freq_factor must be a finite number > 0, got 'x'"),
@@ -50,6 +51,18 @@ def test_config_fields_are_read_by_type_and_range(tmp_path, change, message):
     with pytest.raises(UserError) as error:
         ModelConfig.from_json_file(path)
     assert str(error.value).startswith(str(path)) and message in str(error.value)
+
+
+def test_absurd_literals_and_empty_tables(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"vocab_size": 1' + "0" * 5000 + "}")  # beyond Python's int parsing
+    with pytest.raises(UserError, match="not valid JSON"):
+        ModelConfig.from_json_file(path)
+    scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+    config = ModelConfig.from_hf_dict({**GOOD_CONFIG, "rope_parameters": {},
+                                       "rope_scaling": scaling})
+    assert config.rope_scaling.factor == 8.0  # an empty table does not hide the other spelling
 
 
 def test_an_integral_float_is_a_whole_number():
@@ -88,7 +101,7 @@ def test_safetensors_headers_are_checked_entry_by_entry(tmp_path, header, messag
 
 
 @pytest.mark.parametrize("name", ["../elsewhere.safetensors", "/etc/passwd", "sub/x.safetensors",
-                                  "weights.bin", 7])
+                                  "weights.bin", 7, ["a.safetensors"]])
 def test_a_sharded_index_names_files_of_its_own_directory(tmp_path, name):
     from lpu_jax.checkpoint.hf import safetensors_files
 
@@ -171,11 +184,14 @@ def test_tokenizer_files_are_checked(tiny_checkpoints, tmp_path, files, message)
 def test_a_temperature_that_underflows_samples_greedily():
     import jax
 
-    logits = jax.numpy.array([[0.5, 3.0, -1.0, 2.9]], np.float32)
+    # 3 / 1e-38 still fits float32; 30 / 1e-38 and anything / 1e-45 (a subnormal) overflow
+    logits = jax.numpy.array([[0.5, 30.0, -1.0, 29.9]], np.float32)
     key = jax.random.key(0)
-    for temperature in (1e-38, 1e-45, 1e-30):
-        token = sample(logits, key, SamplingConfig(temperature=temperature))
-        assert int(token[0]) == 1
+    for temperature, top_k, top_p in ((1e-38, 0, 1.0), (1e-45, 0, 1.0), (1e-45, 2, 0.9)):
+        config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+        with np.errstate(over="ignore"):
+            assert np.isinf(np.float32(30.0) / np.float32(temperature))
+        assert int(sample(logits, key, config)[0]) == 1
     with pytest.raises(UserError, match="--seed must fit in 32 bits"):
         SamplingConfig(seed=2**31)
 
@@ -209,6 +225,11 @@ GENERATE_FLAGS = [
     (["--prompt", "hi", "--cpu_devices", "100000000"], "--cpu_devices must be in [1, 4096]"),
     (["--prompt", "hi", "--num_processes", "2", "--coordinator", "nohost"],
      "--coordinator must be HOST:PORT"),
+    (["--prompt", "hi", "--num_processes", "2", "--coordinator", "h:\u00b2"],
+     "--coordinator must be HOST:PORT"),
+    (["--prompt", "hi", "--dump_logits", "/tmp/" + "a" * 300 + ".npy"], "File name too long"),
+    (["--prompt", "hi", "--set", "lanes=1e300"], "lanes is beyond any hardware's"),
+    (["--prompt", "hi", "--set", "clock=1e-300"], "clock is too small"),
     (["--prompt", ""], "--prompt is empty"),
     (["--prompt", "hi", "--precision", "/tmp/lpu_jax_test_dir.toml"], "is a directory, not a TOML file"),
     (["--prompt", "hi", "--dump_logits", "/dev/null"], "is not a regular file"),
@@ -220,6 +241,8 @@ ESTIMATE_FLAGS = [
     (["--config", "/tmp/lpu_jax_test_dir.json"], "is a directory, not a JSON file"),
     (["--config", "Llama-2-70b-hf", "--tp", "1", "--pp", "1"], "it needs at least 320 chips"),
     (["--config", "Llama-2-7b-hf", "--plot", "/dev/null"], "/dev/null is not a regular file"),
+    (["--config", "Llama-2-7b-hf", "--plot", "/tmp/lpu_jax_same.png", "--gantt",
+      "/tmp/lpu_jax_same.png"], "--gantt and --plot name the same file"),
 ]
 
 

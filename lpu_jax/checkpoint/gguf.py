@@ -118,5 +118,8 @@ class GGUFCheckpoint:
 def _unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
     """Inverse of llama.cpp's convert-time permute: per head, rows (2, H/2) -> (H/2, 2) undone."""
     rows = w.shape[0]
+    if rows % (2 * num_heads):
+        raise UserError(f"a q/k projection has {rows} rows, which {num_heads} heads of even "
+                        "width cannot hold; the GGUF's shapes and head counts disagree")
     return (w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))

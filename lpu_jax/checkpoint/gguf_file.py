@@ -66,6 +66,8 @@ class _Cursor:
             return self.string()
         if kind == _ARRAY:
             item_kind, count = self.take("I"), self.take("Q")
+            if item_kind == _ARRAY:  # no field of a model is an array of arrays
+                raise UserError(f"{self.path}: corrupt GGUF metadata (an array of arrays)")
             if item_kind in _SCALARS and item_kind != 7:  # numeric arrays in one read
                 dtype = np.dtype("<" + _SCALARS[item_kind])
                 end = self.pos + count * dtype.itemsize

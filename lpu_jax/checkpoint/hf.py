@@ -26,9 +26,10 @@ def safetensors_files(directory: Path) -> list[Path]:
         if not isinstance(weight_map, dict) or not weight_map:
             raise UserError(f"{index}: not a valid safetensors index (no weight_map object)")
         files = []
-        for name in dict.fromkeys(weight_map.values()):
+        names = list(weight_map.values())
+        for name in dict.fromkeys(n if isinstance(n, str) else repr(n) for n in names):
             # A file of the checkpoint, never a path that leads out of its directory.
-            if (not isinstance(name, str) or Path(name).name != name
+            if (name not in names or Path(name).name != name
                     or not name.endswith(".safetensors")):
                 raise UserError(f"{index}: weight_map names {name!r}; it must name .safetensors "
                                 "files in the checkpoint's own directory")

@@ -60,7 +60,7 @@ class SafetensorsFile:
                             f"(header claims {header_len} bytes, file has {size})")
         try:
             header = json.loads(os.pread(self._fd, header_len, 8))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, an absurd literal
             raise UserError(f"{self.path}: corrupt safetensors header (not JSON)") from None
         if not isinstance(header, dict):
             raise UserError(f"{self.path}: corrupt safetensors header (a JSON "

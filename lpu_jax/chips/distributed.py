@@ -31,7 +31,7 @@ def start(cpu_devices: int | None = None, coordinator: str | None = None,
     if not coordinator:
         raise UserError("several processes need --coordinator HOST:PORT (process 0's address)")
     host, _, port = coordinator.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UserError(f"--coordinator must be HOST:PORT with a port in 1-65535, got "
                         f"{coordinator!r}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

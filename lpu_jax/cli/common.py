@@ -44,7 +44,8 @@ def prompt_text(prompt: flags.FlagHolder) -> str | None:
 def fail(message: str) -> None:
     """One line on stderr naming the command, then exit status 2."""
     prog = Path(sys.argv[0]).name or "lpu_jax"
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    line = " ".join(message.splitlines())  # one line, whatever a file's text put in it
+    print(f"{prog}: error: {line}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -70,10 +71,13 @@ def check_output_path(path: str, flag: str) -> Path:
     file (tried, so /proc or a read-only mount is found now), and the path is absent or a
     regular file we may replace (never a directory, a device, a FIFO or a socket)."""
     out = Path(path)
-    if not out.parent.is_dir():
-        raise UserError(f"{flag}: directory {out.parent} does not exist")
-    if out.exists():
-        mode = out.stat().st_mode  # through a symlink: what a write would reach
+    try:
+        if not out.parent.is_dir():
+            raise UserError(f"{flag}: directory {out.parent} does not exist")
+        mode = out.stat().st_mode if out.exists() else None  # through a symlink, as a write
+    except OSError as e:  # a name too long, a directory we may not enter
+        raise UserError(f"{flag}: cannot use {path} ({e.strerror})") from None
+    if mode is not None:
         if stat.S_ISDIR(mode):
             raise UserError(f"{flag}: {out} is a directory; name a file")
         if not stat.S_ISREG(mode):
@@ -88,6 +92,18 @@ def check_output_path(path: str, flag: str) -> Path:
     except OSError as e:
         raise UserError(f"{flag}: cannot write in {out.parent} ({e.strerror})") from None
     return out
+
+
+def check_distinct(outputs: dict[str, Path | None]) -> None:
+    """Two output flags naming one file would leave only the last written: refused."""
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        where = path.resolve()
+        if where in seen:
+            raise UserError(f"{seen[where]} and {flag} name the same file {path}")
+        seen[where] = flag
 
 
 def check_png_path(path: str, flag: str) -> Path:
@@ -111,6 +127,8 @@ class Outputs:
         self._staged: list[tuple[str, Path]] = []
 
     def stage(self, path: Path, write: Callable[[BinaryIO], None]) -> None:
+        if any(path.resolve() == staged.resolve() for _, staged in self._staged):
+            raise ValueError(f"{path} is staged twice")  # check_distinct refuses it before work
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         self._staged.append((tmp, path))
         with os.fdopen(fd, "wb") as f:

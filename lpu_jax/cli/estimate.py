@@ -105,6 +105,7 @@ def main() -> None:
     gantt_path, plot_path = (common.check_png_path(value, flag) if value else None
                              for value, flag in ((_GANTT.value, "--gantt"),
                                                  (_PLOT.value, "--plot")))
+    common.check_distinct({"--trace": trace_path, "--gantt": gantt_path, "--plot": plot_path})
     one = len(hardware) == 1 and (chips is not None or len(tps) * len(pps) == 1)
     if (trace_path or gantt_path) and not one:
         raise UserError("--trace and --gantt show one deployment: give --tp and --pp one value "

@@ -106,6 +106,7 @@ def main() -> None:
     dump_path = (common.check_output_path(_DUMP_LOGITS.value, "--dump_logits")
                  if _DUMP_LOGITS.value else None)
     trace_path = emulated.trace_path()
+    common.check_distinct({"--dump_logits": dump_path, "--trace": trace_path})
     if all(f.value is None for f in (_PROMPT, _PROMPT_IDS, _PROMPTS_FILE)):
         raise UserError("pass --prompt TEXT (or --prompt_ids 1,2,3, or --prompts_file FILE)")
 

@@ -60,6 +60,7 @@ def check_outputs() -> tuple[Path | None, Path | None]:
             raise UserError(f"--out must end in .csv or .json, got {out.name}")
     if _PLOT.value:
         plot = common.check_png_path(_PLOT.value, "--plot")
+    common.check_distinct({"--out": out, "--plot": plot})
     return out, plot
 
 

@@ -54,6 +54,10 @@ def value_problem(unit: str, value) -> str | None:
     """Why `value` cannot be a figure in `unit`, or None when it can."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return f"must be a finite number, got {value!r}"
+    if abs(value) > 1e30 or (unit in _COUNTS | _WHOLE and value > 1e9):
+        return f"is beyond any hardware's ({value:g} {unit})"
+    if unit in _POSITIVE and 0 < value < 1e-30:
+        return f"is too small to be a figure of any hardware ({value:g} {unit})"
     if unit in _COUNTS and (value < 1 or value != int(value)):
         return f"counts {unit}: a whole number >= 1, got {value:g}"
     if unit in _WHOLE and (value < 0 or value != int(value)):
