@@ -183,7 +183,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """jinja2's sandbox, with * and ** refused when their result would be huge (a template
     could otherwise ask for gigabytes in one expression)."""
 
-    intercepted_binops = frozenset(["*", "**", "%"])
+    intercepted_binops = frozenset(["*", "**", "%", "+"])
 
     def call_binop(self, context, operator, left, right):
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -196,6 +196,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             if isinstance(count, int) and hasattr(sized, "__len__") and (
                     count * max(len(sized), 1) > MAX_TEMPLATE_REPEAT):
                 raise TemplateError("a repeated string or list is too long for a chat template")
+        if operator == "+" and hasattr(left, "__len__") and hasattr(right, "__len__") and (
+                len(left) + len(right) > MAX_TEMPLATE_TEXT):
+            raise TemplateError("a joined string or list is too long for a chat template")
         if operator == "%" and isinstance(left, str) and any(
                 int(width) > MAX_TEMPLATE_REPEAT for width in re.findall(r"%[-+ #0]*(\d+)", left)):
             raise TemplateError("a %-format width is too large for a chat template")

@@ -298,3 +298,27 @@ def test_a_run_refused_on_one_output_leaves_the_others_untouched(tmp_path):
     assert_user_error(result, "trace.json is a directory; name a file")
     assert dump.read_bytes() == b"yesterday's logits"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npy", "trace.json"]
+
+
+def test_an_output_through_a_symlink_replaces_the_file_it_names(tmp_path):
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    with common.Outputs() as outputs:
+        outputs.stage(common.check_output_path(str(link), "--trace"), lambda f: f.write(b"new"))
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_gguf_tensors_named_twice_or_overlapping_are_refused(tmp_path):
+    data = bytearray(write_gguf(tmp_path / "x.gguf", {"llama.block_count": 2}, {
+        "aaa.weight": np.zeros(32, np.float32), "bbb.weight": np.zeros(32, np.float32)})
+        .read_bytes())
+    twice = data.replace(b"bbb.weight", b"aaa.weight")
+    (tmp_path / "twice.gguf").write_bytes(bytes(twice))
+    with pytest.raises(UserError, match="tensor 'aaa.weight' appears twice"):
+        GGUFFile(tmp_path / "twice.gguf")
+    at = data.index(b"bbb.weight") + len(b"bbb.weight") + 4 + 8 + 4  # n_dims, dim, type
+    data[at:at + 8] = struct.pack("<Q", 0)  # bbb's data where aaa's is
+    (tmp_path / "overlap.gguf").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="tensors 'aaa.weight' and 'bbb.weight' overlap"):
+        GGUFFile(tmp_path / "overlap.gguf")

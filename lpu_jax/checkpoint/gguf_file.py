@@ -120,6 +120,8 @@ class GGUFFile:
 
         self.tensors: dict[str, TensorInfo] = {}
         for name, dims, ggml_type, offset in infos:
+            if name in self.tensors:
+                raise UserError(f"{self.path}: corrupt GGUF: tensor {name!r} appears twice")
             if ggml_type not in GGML_QUANT_SIZES:
                 raise UserError(f"{self.path}: tensor {name!r} has unknown ggml type {ggml_type}")
             block, block_bytes = GGML_QUANT_SIZES[ggml_type]
@@ -137,6 +139,11 @@ class GGUFFile:
                                 f"{info.offset + info.nbytes}, the file has {size} bytes; "
                                 "download it again")
             self.tensors[name] = info
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
+        for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+            if begin < end:
+                raise UserError(f"{self.path}: corrupt GGUF: tensors {first!r} and {second!r} "
+                                "overlap in the data")
 
     def read_raw(self, name: str) -> np.ndarray:
         """The tensor's bytes shaped [..., bytes per row], as gguf.quants.dequantize expects."""

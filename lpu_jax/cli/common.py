@@ -127,7 +127,8 @@ class Outputs:
         self._staged: list[tuple[str, Path]] = []
 
     def stage(self, path: Path, write: Callable[[BinaryIO], None]) -> None:
-        if any(path.resolve() == staged.resolve() for _, staged in self._staged):
+        path = path.resolve()  # through a symlink: the file it names is replaced, not the link
+        if any(path == staged for _, staged in self._staged):
             raise ValueError(f"{path} is staged twice")  # check_distinct refuses it before work
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         self._staged.append((tmp, path))
