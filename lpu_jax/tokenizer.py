@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import tokenizers
+from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
@@ -179,11 +180,29 @@ class _TemplateTimeout(TemplateError):
     pass
 
 
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """jinja2's sandbox, with * and ** refused when their result would be huge (a template
-    could otherwise ask for gigabytes in one expression)."""
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles `~` to the environment's bounded_join instead of jinja2's plain join."""
 
+    def visit_Concat(self, node, frame) -> None:
+        self.write("environment.bounded_join((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's sandbox, with *, **, %, + and ~ refused when their result would be huge (one
+    expression could otherwise ask for gigabytes before the timer can stop it)."""
+
+    code_generator_class = _BoundedCodeGenerator
     intercepted_binops = frozenset(["*", "**", "%", "+"])
+
+    def bounded_join(self, values) -> str:
+        text = "".join(map(str, values))
+        if len(text) > MAX_TEMPLATE_TEXT:
+            raise TemplateError("a ~ join is too long for a chat template")
+        return text
 
     def call_binop(self, context, operator, left, right):
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -154,8 +154,10 @@ def test_a_chat_template_that_runs_away_is_stopped():
         render_bounded("{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}"
                        "{% endfor %}{% endfor %}")
     assert time.perf_counter() - start < MAX_TEMPLATE_SECONDS + 5
+    doubling = ("{% set ns = namespace(s='x') %}{% for i in range(60) %}"
+                "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}")
     for template in ("{{ 'x' * 10**10 }}", "{{ 2 ** 100000000 }}", "{{ ''.__class__.__mro__ }}x",
-                     "{{ x.y.z }}"):
+                     "{{ x.y.z }}", doubling, "{{ '%999999999d' % 1 }}"):
         try:
             assert len(render_bounded(template)) < 100
         except Exception as e:  # refused: by the sandbox, or as too big

@@ -227,6 +227,8 @@ TEMPLATES = st.one_of(
                      "{{ bos_token }}{{ messages[0]['content'] }}{{ eos_token }}",
                      "{{ raise_exception('no system role') }}", "{% for %}", "{{ 1 / 0 }}",
                      "{{ messages * 100000000 }}", "{{ '%99999999d' % 1 }}",
+                     "{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
+                     "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
                      "{{ range(10**9) | list }}",
                      [{"name": "default", "template": "{{ messages }}"}], [{"name": "x"}]]))
 
