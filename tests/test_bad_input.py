@@ -6,6 +6,7 @@ import os
 import stat
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +325,27 @@ def test_gguf_tensors_named_twice_or_overlapping_are_refused(tmp_path):
     (tmp_path / "overlap.gguf").write_bytes(bytes(data))
     with pytest.raises(UserError, match="tensors 'aaa.weight' and 'bbb.weight' overlap"):
         GGUFFile(tmp_path / "overlap.gguf")
+
+
+def test_a_rename_that_fails_puts_back_the_outputs_already_replaced(tmp_path, monkeypatch):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text("old first")
+    second.write_text("old second")
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if Path(dst) == second:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(UserError, match="cannot write .*second.json"):
+        with common.Outputs() as outputs:
+            outputs.stage(first, lambda f: f.write(b"new first"))
+            outputs.stage(second, lambda f: f.write(b"new second"))
+    monkeypatch.undo()
+    assert first.read_text() == "old first" and second.read_text() == "old second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
+    with common.Outputs() as outputs:  # and when all goes well, no old copy is left behind
+        outputs.stage(first, lambda f: f.write(b"new first"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]

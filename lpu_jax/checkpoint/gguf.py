@@ -58,14 +58,13 @@ class GGUFCheckpoint:
         if "rope_freqs.weight" in self._file.tensors:
             raise UserError(f"{self.path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 "
                             "scaling) in GGUF are not handled; use the Hugging Face checkpoint")
-        scaling = meta.get("llama.rope.scaling.type", "none")
-        if scaling not in ("none", None):
-            raise UserError(f"{self.path}: unsupported RoPE scaling type {scaling!r} in GGUF")
-        if meta.get("llama.attention.sliding_window"):
-            raise UserError(f"{self.path}: sliding-window attention is not implemented")
-
         # GGUF keys and the config.json fields they fill; each is checked under its GGUF name.
         fields = Fields(meta, f"{self.path}: GGUF metadata")
+        scaling = fields.text("llama.rope.scaling.type", "none")
+        if scaling != "none":
+            raise UserError(f"{self.path}: unsupported RoPE scaling type {scaling!r} in GGUF")
+        if fields.integer("llama.attention.sliding_window", 0, low=0):
+            raise UserError(f"{self.path}: sliding-window attention is not implemented")
         sizes = {"vocab_size": "llama.vocab_size", "hidden_size": "llama.embedding_length",
                  "intermediate_size": "llama.feed_forward_length",
                  "num_hidden_layers": "llama.block_count",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -140,15 +141,40 @@ class Outputs:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
+        saved: list[tuple[str, Path]] = []  # the files replaced so far, kept until all are
+        kept = None
         try:
             if kind is None:
                 for tmp, path in self._staged:
+                    kept = _keep(path) if path.exists() else None
                     os.replace(tmp, path)
+                    if kept is not None:
+                        saved.append((kept, path))
+                    kept = None
+                for old, _ in saved:  # every output in place: the old versions go
+                    Path(old).unlink()
+                saved.clear()
         except OSError as e:
+            for old, replaced in saved:  # put back what this run had replaced
+                os.replace(old, replaced)
             raise UserError(f"cannot write {path} ({e.strerror})") from None
         finally:
-            for tmp, _ in self._staged:
-                Path(tmp).unlink(missing_ok=True)
+            for leftover in [tmp for tmp, _ in self._staged] + [old for old, _ in saved] + [
+                    kept]:
+                if leftover is not None:
+                    Path(leftover).unlink(missing_ok=True)
+
+
+def _keep(path: Path) -> str:
+    """A copy of `path` beside it (a hard link where the file system has them)."""
+    fd, old = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old")
+    os.close(fd)
+    os.unlink(old)
+    try:
+        os.link(path, old)
+    except OSError:
+        shutil.copy2(path, old)
+    return old
 
 
 def _new_file_mode() -> int:
