@@ -108,3 +108,16 @@ def test_temperature_one_samples_the_softmax():
 def test_invalid_sampling_settings_are_refused(kwargs):
     with pytest.raises(UserError):
         SamplingConfig(**kwargs)
+
+
+def test_an_unknown_step_kind_is_an_error_not_a_fallback():
+    from lpu_jax.checkpoint import load_config
+    from lpu_jax.chips import program
+    from lpu_jax.chips.layout import Layout
+
+    config = load_config()
+    for use in (lambda: program.step("tick"), lambda: program.step_arguments("tick", 2, 2),
+                lambda: program.initial_state("tick", config, Layout(), 1, 8, "float32")):
+        with pytest.raises(ValueError, match="unknown step kind 'tick'; the steps are prefill, "
+                                             "decode, ring"):
+            use()

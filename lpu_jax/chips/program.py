@@ -150,14 +150,35 @@ def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, see
 STEPS = {"prefill": prefill, "decode": decode, "ring": ring_tick}
 
 
+def step(kind: str):
+    """The per-chip step function of a kind; an unknown kind is an error, never a fallback."""
+    if kind not in STEPS:
+        raise ValueError(f"unknown step kind {kind!r}; the steps are {', '.join(STEPS)}")
+    return STEPS[kind]
+
+
+def initial_state(kind: str, config: ModelConfig, layout: Layout, batch: int, length: int,
+                  kv_cache_dtype) -> KVCache | RingState:
+    """One chip's state before a step of `kind`: its KV cache of `length` positions for `batch`
+    sequences (zeros), and for the token ring the activations each stage holds (zeros). The
+    engine places it on the chips; the cycle model takes its shapes (jax.eval_shape)."""
+    step(kind)
+    cache = KVCache.zeros(config, batch, length, kv_cache_dtype,
+                          kv_heads=layout.kv_heads_per_chip(config),
+                          layers=layout.layer_slots(config.num_layers))
+    if kind != "ring":
+        return cache
+    return RingState(cache, jnp.zeros((batch // layout.pp, 1, config.hidden_size), jnp.float32))
+
+
 def step_arguments(kind: str, batch: int, pp: int,
                    prompt_len: int = 0) -> tuple[jax.ShapeDtypeStruct, ...]:
     """The shapes of a step's arguments between the state and the seed: prefill takes tokens
     [batch, prompt_len] and lengths; decode a token per row and the position; a ring tick the
     entering micro-batch's tokens, the tick and every row's position."""
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
-    if kind == "prefill":
-        return i32(batch, prompt_len), i32(batch)
-    if kind == "decode":
-        return i32(batch), i32()
-    return i32(batch // pp), i32(), i32(batch)
+    arguments = {"prefill": lambda: (i32(batch, prompt_len), i32(batch)),
+                 "decode": lambda: (i32(batch), i32()),
+                 "ring": lambda: (i32(batch // pp), i32(), i32(batch))}
+    step(kind)
+    return arguments[kind]()

@@ -29,7 +29,6 @@ from lpu_jax.chips.placement import Placement
 from lpu_jax.chips.split import split_params
 from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
-from lpu_jax.model import KVCache
 from lpu_jax.numerics.formats import nbytes, num_values
 from lpu_jax.numerics.recipe import Recipe, load_recipe
 from lpu_jax.numerics.store import execution_copy, store_params
@@ -156,20 +155,10 @@ class Engine:
         return self.placement.put(jax.tree.map(lambda a: jnp.broadcast_to(a, grid + a.shape),
                                                per_chip_tree))
 
-    def _empty_cache(self, batch: int, length: int) -> KVCache:
-        config, layout = self.model.config, self.layout
-        return self._on_chips(KVCache.zeros(
-            config, batch, length, self.precision.kv_cache_dtype,
-            kv_heads=layout.kv_heads_per_chip(config),
-            layers=layout.layer_slots(config.num_layers)))
-
-    def _empty_held(self, batch: int) -> jax.Array:
-        """Every stage's in-flight activations of the token ring, zero before the ring starts."""
-        micro = batch // self.layout.pp
-        return self._on_chips(jnp.zeros((micro, 1, self.model.config.hidden_size), jnp.float32))
-
-    def _empty_ring(self, batch: int, length: int) -> program.RingState:
-        return program.RingState(self._empty_cache(batch, length), self._empty_held(batch))
+    def _initial_state(self, kind: str, batch: int, length: int):
+        """Every chip's state before a step of `kind` (program.initial_state), placed."""
+        return self._on_chips(program.initial_state(kind, self.model.config, self.layout, batch,
+                                                    length, self.precision.kv_cache_dtype))
 
     def _executable(self, kind: str, batch: int, cache_len: int,
                     prompt_len: int = 0) -> tuple[jax.stages.Compiled, float]:
@@ -179,11 +168,10 @@ class Engine:
             return self._compiled[key], 0.0
         start = time.perf_counter()
         args = program.step_arguments(kind, batch, self.layout.pp, prompt_len)
-        make_state = self._empty_ring if kind == "ring" else self._empty_cache
-        state = make_state(batch, cache_len)  # also the warm-up's input, below
+        state = self._initial_state(kind, batch, cache_len)  # also the warm-up's input, below
         abstract_state = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
-        fn = functools.partial(program.STEPS[kind], config=self.model.config, layout=self.layout,
+        fn = functools.partial(program.step(kind), config=self.model.config, layout=self.layout,
                                sampling=self.sampling, precision=self.precision)
         on_chips = self.placement.run_per_chip(fn, num_replicated_outputs=2)
         compiled = jax.jit(on_chips, donate_argnums=(1,)).lower(
@@ -226,7 +214,8 @@ class Engine:
             padded[row, :len(prompt)] = prompt
         lengths = np.array([len(p) for p in prompts], np.int32)
         start = time.perf_counter()
-        tokens, logits, cache = prefill(self.params, self._empty_cache(len(prompts), cache_len),
+        tokens, logits, cache = prefill(self.params,
+                                        self._initial_state("prefill", len(prompts), cache_len),
                                         padded, lengths, self._seed)
         tokens = np.array(tokens)  # a writable copy: the ring updates it
         for row, seq in enumerate(sequences):
@@ -286,7 +275,8 @@ class Engine:
         ring, seconds = self._executable("ring", len(prompts), cache_len)
         wall.compile_s += seconds
         micro = len(prompts) // pp
-        state = program.RingState(cache, self._empty_held(len(prompts)))
+        # The prompts' caches, and nothing yet in flight between the stages.
+        state = self._initial_state("ring", len(prompts), cache_len).replace(cache=cache)
         positions = np.array([s.prompt_len for s in sequences], np.int32)
 
         start, tick = time.perf_counter(), 0

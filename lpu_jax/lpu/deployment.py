@@ -41,7 +41,7 @@ from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
 from lpu_jax.lpu.hardware import HardwareSpec
 from lpu_jax.lpu.scheduler import Schedule, schedule
-from lpu_jax.model import BLOCKS, LAYER_SCOPE, KVCache
+from lpu_jax.model import BLOCKS, LAYER_SCOPE
 from lpu_jax.numerics.recipe import Recipe
 
 
@@ -138,13 +138,6 @@ class CycleModel:
         """The cache length a step is scheduled with: the visible positions in whole vectors."""
         return -(-positions // self.lanes) * self.lanes
 
-    def _cache(self, batch: int, length: int):
-        d = self.deployment
-        return jax.eval_shape(lambda: KVCache.zeros(
-            d.config, batch, length, d.recipe.kv_cache_dtype,
-            kv_heads=d.layout.kv_heads_per_chip(d.config),
-            layers=d.layout.layer_slots(d.config.num_layers)))
-
     def step(self, kind: str, batch: int, context: int, prompt_len: int = 0) -> Schedule:
         """The schedule of one step ("prefill", "decode" or "ring") seeing `context` positions."""
         length = self.visible(context)
@@ -153,12 +146,10 @@ class CycleModel:
             return self._schedules[key]
         start = time.perf_counter()
         d = self.deployment
-        state = self._cache(batch, length)
-        if kind == "ring":
-            held = (batch // d.layout.pp, 1, d.config.hidden_size)
-            state = program.RingState(state, jax.ShapeDtypeStruct(held, jnp.float32))
+        state = jax.eval_shape(lambda: program.initial_state(
+            kind, d.config, d.layout, batch, length, d.recipe.kv_cache_dtype))
         args = program.step_arguments(kind, batch, d.layout.pp, prompt_len)
-        step_fn = functools.partial(program.STEPS[kind], config=d.config, layout=d.layout,
+        step_fn = functools.partial(program.step(kind), config=d.config, layout=d.layout,
                                     sampling=d.sampling, precision=self._precision)
         seed = jax.ShapeDtypeStruct((), jnp.int32)
         result = schedule(step_fn, self._chip_params(), state, *args, seed,
