@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-import transformers
 
 from lpu_jax.checkpoint import load_model
 from lpu_jax.config import ModelConfig
@@ -17,6 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_peak_host_memory_while_loading_is_at_most_1_5x_the_checkpoint(tmp_path):
+    import torch
+    import transformers
+
     config = transformers.LlamaConfig(vocab_size=8192, hidden_size=512, intermediate_size=1376,
                                       num_hidden_layers=6, num_attention_heads=8,
                                       num_key_value_heads=4)

@@ -5,8 +5,6 @@ import functools
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from lpu_jax.checkpoint import load_model
 from lpu_jax.checkpoint.default import default_model_path
@@ -22,6 +20,10 @@ NEW_TOKENS = 64
 
 @functools.cache
 def reference():
+    """transformers' tokenizer and model of the same GGUF (torch imported only where needed)."""
+    import torch
+    import transformers
+
     path = default_model_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -73,6 +75,8 @@ def test_chat_template_matches_transformers(smollm2):
 
 @pytest.mark.parametrize("prompt", PROMPTS[:1])  # tiny models sweep the rest (test_parity_hf)
 def test_greedy_tokens_match_transformers(smollm2, prompt):
+    import torch
+
     tokenizer, model = reference()
     ids = smollm2.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     with torch.no_grad():

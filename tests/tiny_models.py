@@ -1,4 +1,8 @@
-"""Tiny random Llama-family checkpoints written with transformers, and their torch references."""
+"""Tiny random Llama-family checkpoints written with transformers, and their torch references.
+
+torch and transformers are imported by the functions that use them, so the tests that need
+neither (the cycle model, formats, bad input, fuzz) run on an install without them.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +11,40 @@ from pathlib import Path
 
 import numpy as np
 import tokenizers
-import torch
-import transformers
 
 VOCAB = 256
 BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
             max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=0.2,
             bos_token_id=1, eos_token_id=2)
 
-# name -> (config class, overrides). Heads: MHA 4/4, GQA 6/3 (3 query heads per KV head, so a
-# layout mix-up cannot hide behind a factor of two), MQA 4/1.
+# name -> (transformers config class, overrides). Heads: MHA 4/4, GQA 6/3 (3 query heads per KV
+# head, so a layout mix-up cannot hide behind a factor of two), MQA 4/1.
 VARIANTS = {
-    "mha": (transformers.LlamaConfig, dict(num_attention_heads=4, num_key_value_heads=4)),
-    "gqa": (transformers.LlamaConfig, dict(num_attention_heads=6, num_key_value_heads=3,
+    "mha": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=4)),
+    "gqa": ("LlamaConfig", dict(num_attention_heads=6, num_key_value_heads=3,
                                            hidden_size=48, head_dim=16)),
-    "mqa": (transformers.LlamaConfig, dict(num_attention_heads=4, num_key_value_heads=1)),
-    "llama3_rope": (transformers.LlamaConfig, dict(
+    "mqa": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=1)),
+    "llama3_rope": ("LlamaConfig", dict(
         num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                           high_freq_factor=4.0, original_max_position_embeddings=32))),
-    "tied": (transformers.LlamaConfig, dict(num_attention_heads=4, num_key_value_heads=2,
+    "tied": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2,
                                             tie_word_embeddings=True)),
-    "biases": (transformers.LlamaConfig, dict(num_attention_heads=4, num_key_value_heads=2,
+    "biases": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2,
                                               attention_bias=True, mlp_bias=True)),
-    "head_dim": (transformers.LlamaConfig, dict(num_attention_heads=4, num_key_value_heads=2,
+    "head_dim": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2,
                                                 head_dim=24)),
-    "mistral": (transformers.MistralConfig, dict(num_attention_heads=4, num_key_value_heads=2,
+    "mistral": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2,
                                                  sliding_window=None)),
 }
 
 
-def make_torch_model(name: str, seed: int = 0) -> transformers.PreTrainedModel:
+def make_torch_model(name: str, seed: int = 0) -> "transformers.PreTrainedModel":
+    import torch
+    import transformers
+
     config_cls, overrides = VARIANTS[name]
-    config = config_cls(**{**BASE, **overrides})
+    config = getattr(transformers, config_cls)(**{**BASE, **overrides})
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
     if name == "biases":  # biases start at zero; make them matter
@@ -58,6 +63,8 @@ class CheckpointFactory:
     def get(self, name: str, dtype: str = "float32", max_shard_size: str | None = None) -> Path:
         key = (name, dtype, max_shard_size)
         if key not in self._made:
+            import torch
+
             path = self.root / "-".join(filter(None, key))
             model = make_torch_model(name).to(getattr(torch, dtype))
             kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
@@ -66,17 +73,24 @@ class CheckpointFactory:
         return self._made[key]
 
 
-def reference_model(path: Path) -> transformers.PreTrainedModel:
+def reference_model(path: Path) -> "transformers.PreTrainedModel":
+    import torch
+    import transformers
+
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
 def reference_greedy(model, ids: list[int], new_tokens: int) -> list[int]:
     """transformers' greedy generate with no stop token, so exactly new_tokens come back."""
+    import torch
+
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     with torch.no_grad():
