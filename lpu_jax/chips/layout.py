@@ -96,6 +96,18 @@ class Layout:
         return -(-num_layers // self.pp)
 
 
+def layouts_within(config: ModelConfig, most_chips: int | None = None,
+                   batch: int | None = None) -> list[Layout]:
+    """Every layout that splits the model, of at most `most_chips` chips (None: any), with pp
+    dividing `batch` into equal micro-batches when one is given: fewest chips first, then
+    fewest tp chips (they stay inside a node)."""
+    bound = most_chips or config.num_layers * config.num_heads
+    layouts = [Layout(tp=tp, pp=pp) for tp in valid_tp(config)
+               for pp in range(1, min(config.num_layers, bound // tp) + 1)
+               if batch is None or batch % pp == 0]
+    return sorted(layouts, key=lambda layout: (layout.num_chips, layout.tp))
+
+
 def valid_tp(config: ModelConfig) -> list[int]:
     """Chip counts that split the query heads and the MLP evenly and either split the KV heads
     or hold whole copies of them, as serving engines do beyond the KV head count (the

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from lpu_jax.checkpoint.assemble import abstract_params
-from lpu_jax.chips.layout import Layout, valid_tp
+from lpu_jax.chips.layout import Layout, layouts_within
 from lpu_jax.chips.split import split_layer
 from lpu_jax.config import ModelConfig
 from lpu_jax.numerics.recipe import Recipe
@@ -111,20 +111,19 @@ class MemoryPlan:
             rows[fullest] -= 1
         return dataclasses.replace(layout, vocab_rows=tuple(rows))
 
+    def fitting(self, layout: Layout, sequences: int, context: int,
+                room: float) -> Layout | None:
+        """`layout` balanced for the run when its fullest chip's weights and caches fit in `room`
+        bytes, else None."""
+        layout = self.balanced(layout, sequences, context)
+        held = self.fullest(layout, sequences, context)
+        return layout if held.weights + held.kv_cache <= room else None
+
     def chips_needed(self, capacity: float, sequences: int, context: int, activations: int,
                      most_chips: int | None = None, batch: int | None = None) -> Layout | None:
         """The layout with the fewest chips (at most `most_chips`; pp dividing `batch` when one
-        is given) whose fullest chip fits `capacity` (fewer tp chips on a tie: they stay inside a
-        node), or None."""
-        best, bound = None, most_chips or self.config.num_layers * self.config.num_heads
-        for tp in valid_tp(self.config):
-            for pp in range(1, min(self.config.num_layers, bound // tp) + 1):
-                if batch is not None and batch % pp:
-                    continue
-                layout = self.balanced(Layout(tp=tp, pp=pp), sequences, context)
-                held = self.fullest(layout, sequences, context)
-                if held.weights + held.kv_cache + activations <= capacity:
-                    if best is None or layout.num_chips < best.num_chips:
-                        best = layout
-                    break
-        return best
+        is given) whose fullest chip fits `capacity` beside `activations` (fewer tp chips on a
+        tie: they stay inside a node), or None."""
+        return next(filter(None, (self.fitting(layout, sequences, context, capacity - activations)
+                                  for layout in layouts_within(self.config, most_chips, batch))),
+                    None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from lpu_jax.chips.layout import Layout, valid_tp
+from lpu_jax.chips.layout import Layout, layouts_within
 from lpu_jax.chips.memory import MemoryPlan
 from lpu_jax.config import ModelConfig
 from lpu_jax.lpu.deployment import CycleModel, Deployment, Steady, most_chips
@@ -37,14 +37,6 @@ class Candidate:
         return self.model.deployment.layout
 
 
-def candidates(config: ModelConfig, chips: int, batch: int | None) -> list[Layout]:
-    """Every layout of at most `chips` chips that splits the model (and the batch into equal
-    micro-batches, when one is given)."""
-    return [Layout(tp=tp, pp=pp) for tp in valid_tp(config)
-            for pp in range(1, min(config.num_layers, chips // tp) + 1)
-            if batch is None or batch % pp == 0]
-
-
 def capacity(hardware: HardwareSpec) -> float:
     return hardware["sram" if hardware.kind == "lpu" else "hbm"]
 
@@ -58,10 +50,9 @@ def search(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, chips: i
     plan, room = MemoryPlan(config, recipe), capacity(hardware)
     sequences, chips = batch or 1, min(chips, most_chips(hardware) or chips)
     ranked = []
-    for layout in candidates(config, chips, batch):
-        layout = plan.balanced(layout, sequences, context)
-        held = plan.fullest(layout, sequences, context)
-        if held.weights + held.kv_cache > room:
+    for layout in layouts_within(config, chips, batch):
+        layout = plan.fitting(layout, sequences, context, room)
+        if layout is None:
             continue
         model = CycleModel(Deployment(config, layout, recipe, hardware), plan)
         steady = model.steady(positions, sequences, context)
@@ -73,14 +64,12 @@ def search(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, chips: i
 def fewest_chips(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec,
                  positions: list[int], batch: int | None, context: int) -> Layout | None:
     """The layout with the fewest chips that fits, activations included (fewer tp chips on a
-    tie), or None: the candidates in that order, by arithmetic first, then scheduled."""
+    tie), or None: the layouts in that order, by arithmetic first, then scheduled."""
     plan, room = MemoryPlan(config, recipe), capacity(hardware)
     sequences = batch or 1
-    bound = most_chips(hardware) or config.num_layers * config.num_heads
-    for layout in sorted(candidates(config, bound, batch), key=lambda l: (l.num_chips, l.tp)):
-        layout = plan.balanced(layout, sequences, context)
-        held = plan.fullest(layout, sequences, context)
-        if held.weights + held.kv_cache > room:
+    for layout in layouts_within(config, most_chips(hardware), batch):
+        layout = plan.fitting(layout, sequences, context, room)
+        if layout is None:
             continue
         model = CycleModel(Deployment(config, layout, recipe, hardware), plan)
         if model.steady(positions, sequences, context).memory["fits"]:
