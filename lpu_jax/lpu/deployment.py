@@ -90,6 +90,11 @@ def most_chips(hardware: HardwareSpec) -> int | None:
     return int(hardware["gpus_per_node"]) if hardware.kind == "gpu" else None
 
 
+def capacity(hardware: HardwareSpec) -> float:
+    """Bytes of memory one chip holds a deployment in: an LPU's SRAM, a GPU's HBM."""
+    return hardware["sram" if hardware.kind == "lpu" else "hbm"]
+
+
 def check_chips(hardware: HardwareSpec, layout: Layout) -> None:
     bound = most_chips(hardware)
     if bound is not None and layout.num_chips > bound:
@@ -270,18 +275,17 @@ class CycleModel:
         would fit beside the weights. The chips needed, when it does not fit, assume the same
         activation bytes."""
         d = self.deployment
-        memory = "SRAM" if d.hardware.kind == "lpu" else "HBM"
-        capacity = d.hardware[memory.lower()]
+        memory, room = "SRAM" if d.hardware.kind == "lpu" else "HBM", capacity(d.hardware)
         held = self.memory.fullest(d.layout, batch, context)
         total = held.weights + held.kv_cache + activations
         plan = {"memory": memory, "weights_bytes": held.weights, "kv_cache_bytes": held.kv_cache,
                 "activations_bytes": activations, "total_bytes": total,
-                "capacity_bytes": int(capacity), "fits": total <= capacity, "context": context,
+                "capacity_bytes": int(room), "fits": total <= room, "context": context,
                 "sequences": batch,
                 "max_sequences": self.memory.max_sequences(d.layout, context,
-                                                           capacity - activations)}
-        if total > capacity:
-            needed = self.memory.chips_needed(capacity, batch, context, activations,
+                                                           room - activations)}
+        if total > room:
+            needed = self.memory.chips_needed(room, batch, context, activations,
                                               most_chips(d.hardware),
                                               batch if batch > 1 else None)
             plan["chips_needed"] = (None if needed is None else

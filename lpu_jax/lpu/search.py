@@ -13,7 +13,7 @@ from typing import Callable
 from lpu_jax.chips.layout import Layout, layouts_within
 from lpu_jax.chips.memory import MemoryPlan
 from lpu_jax.config import ModelConfig
-from lpu_jax.lpu.deployment import CycleModel, Deployment, Steady, most_chips
+from lpu_jax.lpu.deployment import CycleModel, Deployment, Steady, capacity, most_chips
 from lpu_jax.lpu.hardware import HardwareSpec
 from lpu_jax.numerics.recipe import Recipe
 
@@ -35,10 +35,6 @@ class Candidate:
     @property
     def layout(self) -> Layout:
         return self.model.deployment.layout
-
-
-def capacity(hardware: HardwareSpec) -> float:
-    return hardware["sram" if hardware.kind == "lpu" else "hbm"]
 
 
 def search(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, chips: int,
