@@ -10,7 +10,8 @@ memory; each grid step loads one tile of stored integers and widens it in regist
 
 `quantized_matmul_reference` is the plain-JAX twin: dequantize, then one f32 dot. The two agree
 to f32 rounding (they sum in different orders); tests/test_kernels.py runs the kernel in
-interpret mode on CPU. On GPU it lowers through Triton.
+interpret mode on CPU and lowers it for GPUs (through Triton: Mosaic GPU has no lowering of this
+dot) and TPUs (through Mosaic).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from lpu_jax.numerics.formats import QuantizedArray, dequantize
 
@@ -78,6 +80,17 @@ def _pad_to(a: jax.Array, axis: int, multiple: int) -> jax.Array:
     return jnp.pad(a, widths)
 
 
+def _pallas(kernel, interpret: bool, **call):
+    """pallas_call per platform: interpreted where asked (CPU), through Triton on GPUs, through
+    Mosaic elsewhere (TPUs); a program lowered for several platforms carries each its own."""
+    if interpret:
+        return pl.pallas_call(kernel, interpret=True, **call)
+    triton = pl.pallas_call(kernel, compiler_params=pl_triton.CompilerParams(), **call)
+    mosaic = pl.pallas_call(kernel, **call)
+    return lambda *args: jax.lax.platform_dependent(*args, cuda=triton, rocm=triton,
+                                                    default=mosaic)
+
+
 @functools.partial(jax.jit, static_argnames=("interpret",))
 def quantized_matmul(x: jax.Array, w: QuantizedArray, interpret: bool = False) -> jax.Array:
     """x [M, K] @ w [K, N] for int8 (per-channel) or int4 (grouped) weights; f32 [M, N]."""
@@ -93,21 +106,21 @@ def quantized_matmul(x: jax.Array, w: QuantizedArray, interpret: bool = False) -
     if kind == "int8":
         x = _pad_to(x, 1, BLOCK_K)
         q = pad_n(_pad_to(w.values, 0, BLOCK_K))
-        out = pl.pallas_call(
-            _int8_kernel, out_shape=out_shape, grid=(*grid_mn, x.shape[1] // BLOCK_K),
+        out = _pallas(
+            _int8_kernel, interpret, out_shape=out_shape, grid=(*grid_mn, x.shape[1] // BLOCK_K),
             in_specs=[pl.BlockSpec((BLOCK_M, BLOCK_K), lambda i, j, k: (i, k)),
                       pl.BlockSpec((BLOCK_K, BLOCK_N), lambda i, j, k: (k, j)),
                       pl.BlockSpec((1, BLOCK_N), lambda i, j, k: (0, j))],
-            out_specs=out_spec, interpret=interpret)(x, q, pad_n(w.scales))
+            out_specs=out_spec)(x, q, pad_n(w.scales))
     else:
         half_group = w.format.group_size // 2
         row_spec = pl.BlockSpec((BLOCK_M, half_group), lambda i, j, k: (i, k))
-        out = pl.pallas_call(
-            _int4_kernel, out_shape=out_shape, grid=(*grid_mn, w.scales.shape[0]),
+        out = _pallas(
+            _int4_kernel, interpret, out_shape=out_shape, grid=(*grid_mn, w.scales.shape[0]),
             in_specs=[row_spec, row_spec,
                       pl.BlockSpec((half_group, BLOCK_N), lambda i, j, k: (k, j)),
                       pl.BlockSpec((1, BLOCK_N), lambda i, j, k: (k, j)),
                       pl.BlockSpec((1, BLOCK_N), lambda i, j, k: (0, j))],
-            out_specs=out_spec, interpret=interpret,
+            out_specs=out_spec,
         )(x[:, 0::2], x[:, 1::2], pad_n(w.values), pad_n(w.scales), pad_n(w.channel_step))
     return out[:M, :N]

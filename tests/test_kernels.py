@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import jax
 import jax.numpy as jnp
 
 from lpu_jax.kernels.quantized_matmul import quantized_matmul, quantized_matmul_reference
@@ -50,3 +51,18 @@ def test_engine_with_the_kernel_equals_xla_widening(tiny_checkpoints):
     assert runs[0].tokens == runs[1].tokens
     scale = np.abs(runs[0].logits).max()
     np.testing.assert_allclose(runs[1].logits, runs[0].logits, rtol=0, atol=1e-5 * scale)
+
+
+# Lowered here for the accelerators, without one: a GPU program carries the kernel as a Triton
+# custom call, a TPU program as a Mosaic one. int4 does not lower for TPUs: Mosaic tiles a
+# block's last axis by 128, and the int4 kernel's x blocks are one group's 16 byte-rows wide.
+@pytest.mark.parametrize("fmt, platform, custom_call", [
+    (INT8, "cuda", "xla.gpu.triton"), (INT8, "tpu", "tpu_custom_call"),
+    (INT4_G32, "cuda", "xla.gpu.triton")])
+def test_kernel_lowers_for_accelerators(fmt, platform, custom_call):
+    x = jnp.ones((1, 256), jnp.float32)
+    w = quantize(np.ones((256, 256), np.float32), fmt)
+    unchecked = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    exported = jax.export.export(jax.jit(quantized_matmul), platforms=[platform],
+                                 disabled_checks=unchecked)(x, w)
+    assert custom_call in exported.mlir_module()
