@@ -237,6 +237,18 @@ GENERATE_FLAGS = [
     (["--prompt", "hi", "--precision", "/tmp/lpu_jax_test_dir.toml"], "is a directory, not a TOML file"),
     (["--prompt", "hi", "--dump_logits", "/dev/null"], "is not a regular file"),
     (["--prompt", "hi", "--trace", "/proc/trace.json"], "cannot write in /proc"),
+    (["--prompt", "hi", "--random_weights"], "--random_weights needs --config"),
+    (["--prompt", "hi", "--config", "Llama-2-7b-hf"], "--config gives a model's shape only"),
+    (["--prompt", "hi", "--config", "Llama-2-7b-hf", "--random_weights", "--model", "/tmp"],
+     "--random_weights draws the weights: pass --config, not --model"),
+    # 69 billion f32 weights (an f32 recipe needs no execution copy), on a host of a few dozen GB
+    (["--prompt", "hi", "--config", "Llama-2-70b-hf", "--random_weights", "--tp", "8",
+      "--pp", "10"], "the f32 weights need 275.94 GB on cpu:0, which has"),
+    (["--prompt", "hi", "--config", "Llama-2-70b-hf", "--random_weights", "--tp", "8",
+      "--pp", "10", "--precision", "int4-g32"],
+     "the int4-g32 weights and their f32 execution copy need 3"),
+    (["--prompt", "hi", "--config", "SmolLM2-135M-Instruct", "--random_weights", "--chat"],
+     "random weights come with no chat template; drop --chat"),
 ]
 ESTIMATE_FLAGS = [
     (["--config", "Llama-2-7b-hf", "--context", "0"], "--context must be >= 1, got 0"),

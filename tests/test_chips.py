@@ -10,6 +10,8 @@ from lpu_jax.chips.split import chip_share, split_params
 from lpu_jax.engine.generate import Engine
 from lpu_jax.errors import UserError
 from tests import tiny_models
+from tests.cli_forks import run_each
+from tests.test_cli import GENERATE
 
 LOGIT_TOLERANCE = 1e-5  # relative to the largest |logit|
 
@@ -147,10 +149,45 @@ def test_576_chips_fold_onto_one_device(tiny_checkpoints):
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
     model = load_model(path)
     prompt = tiny_models.random_prompt(5, seed=11)
-    _, single = run(model, prompt, 3)
-    engine, split = run(model, prompt, 3, layout=Layout(tp=3, pp=192))
+    # The first token only: folded, the program holds every chip's own layer (576 layer
+    # bodies), which XLA:CPU takes about a minute to compile per step.
+    _, single = run(model, prompt, 1)
+    engine, split = run(model, prompt, 1, layout=Layout(tp=3, pp=192))
     assert engine.layout.num_chips == 576 and engine.placement.folded
     assert_same_answer(single, split)
+
+
+def test_folded_stages_each_run_once_per_token(tiny_checkpoints):
+    """Folded, a decode step does one chip's work, not pp times it (XLA's flop count): each
+    stage runs once where the per-chip conveyor would run every stage at each of pp ticks."""
+    model = load_model(tiny_checkpoints.get("gqa"))  # 3 layers
+
+    def decode_flops(engine):
+        compiled, _ = engine._executable("decode", 1, 64)
+        return compiled.cost_analysis()["flops"]
+
+    one_chip = decode_flops(Engine(model))
+    for tp, pp in [(1, 3), (3, 3), (3, 2)]:
+        folded = Engine(model, layout=Layout(tp=tp, pp=pp), fold=True)
+        assert folded.placement.folded
+        assert decode_flops(folded) < 1.1 * one_chip, (tp, pp)
+
+
+def test_folded_logits_equal_one_chip_per_device_bit_for_bit(tiny_checkpoints, tmp_path):
+    """The folded grid runs the per-chip program's values: with --nocpu_fma (so fusions cannot
+    contract differently) f32 logits are bit-identical to one chip per device, on a layout with
+    stages of unequal length, several tp chips and the vocabulary split by memory."""
+    path = tiny_checkpoints.get("tied")
+    layouts = {"folded": ["--fold"], "devices": ["--nofold", "--cpu_devices", "6"]}
+    cases = [["--model", str(path), "--prompt_ids", "5,9,14,3,77,120,6,31,8,250",
+              "--max_new_tokens", "10", "--nocpu_fma", "--tp", "2", "--pp", "3",
+              "--dump_logits", str(tmp_path / f"{name}.npy"), *placement]
+             for name, placement in layouts.items()]
+    for result in run_each(GENERATE, cases).values():
+        assert result.returncode == 0, result.stderr
+    folded, devices = (np.load(tmp_path / f"{name}.npy") for name in layouts)
+    assert folded.shape == (10, tiny_models.VOCAB)
+    np.testing.assert_array_equal(folded, devices)
 
 
 @pytest.mark.parametrize("tp, pp, fold", [(1, 1, True), (1, 3, False), (3, 2, True)])

@@ -39,6 +39,18 @@ VARIANTS = {
 }
 
 
+def write_config(name: str, path: Path) -> Path:
+    """A variant's config.json alone (a model's shape, for --config), written without torch."""
+    import json
+
+    class_name, overrides = VARIANTS[name]
+    model_type = class_name.removesuffix("Config").lower()
+    config = {**BASE, **overrides, "model_type": model_type,
+              "architectures": [f"{class_name.removesuffix('Config')}ForCausalLM"]}
+    path.write_text(json.dumps(config))
+    return path
+
+
 def make_torch_model(name: str, seed: int = 0) -> "transformers.PreTrainedModel":
     import torch
     import transformers

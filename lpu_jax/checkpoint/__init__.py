@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 from lpu_jax.checkpoint.default import default_model_path
 from lpu_jax.checkpoint.gguf import GGUFCheckpoint
@@ -12,16 +13,20 @@ from lpu_jax.checkpoint.hf import PICKLE_SUFFIXES, load_hf_dir, read_generation_
 from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import Params
+from lpu_jax.numerics.recipe import Recipe
 from lpu_jax.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     config: ModelConfig
-    params: Params
+    params: Params | None  # None where they are drawn, or once an Engine holds them
     tokenizer: Tokenizer | None  # None: the checkpoint ships none, prompts must be token ids
     stop_token_ids: tuple[int, ...]
     source: str
+    # Weights with no checkpoint (random): drawn straight into a recipe's storage formats when
+    # an Engine places them, so no f32 copy of the model is ever made.
+    draw_stored: Callable[[Recipe], Params] | None = None
 
 
 def load_model(path: str | Path | None = None) -> LoadedModel:

@@ -2,9 +2,9 @@
 
 One program is written per chip, with collectives over the chip axes (pp, tp). It runs either with
 one chip per device (`jax.shard_map` over a device mesh of the same shape) or with all chips folded
-onto one device (nested `jax.vmap` with the same axis names, which gives psum / all_gather /
-ppermute / axis_index the same meaning). The number of emulated chips never depends on the number
-of devices.
+onto one device, stage by stage (chips/folded.py: each stage's chips under `jax.vmap` with the
+same axis names, which gives psum and axis_index the same meaning). The number of emulated chips
+never depends on the number of devices.
 """
 
 from __future__ import annotations
@@ -48,6 +48,25 @@ class Placement:
                             f"one chip per device; there are {len(devices)}")
         return cls(layout, tuple(devices[:1] if fold else devices[:layout.num_chips]), fold)
 
+    def free_bytes(self) -> int | None:
+        """Memory free for the chips of one device: the accelerator's (its allocator's limit
+        less what is in use), or on CPU the host's available memory, which every CPU device
+        shares. None where neither can be read."""
+        device = self.devices[0]
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        if stats and "bytes_limit" in stats:
+            return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+        try:
+            with open("/proc/meminfo") as meminfo:
+                fields = dict(line.split(":", 1) for line in meminfo)
+            return int(fields["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            return None
+
+    @property
+    def shares_host_memory(self) -> bool:
+        return self.devices[0].platform == "cpu"
+
     def describe(self) -> dict:
         return {"tp": self.layout.tp, "pp": self.layout.pp, "chips": self.layout.num_chips,
                 "folded": self.folded, "devices": len(self.devices),
@@ -84,23 +103,16 @@ class Placement:
         return jax.tree.map(place, stacked)
 
     def run_per_chip(self, per_chip: Callable, num_replicated_outputs: int) -> Callable:
-        """Lift per_chip(chip_params, chip_state, *shared_args) -> (*replicated, chip_state).
+        """Lift per_chip(chip_params, chip_state, *shared_args) -> (*replicated, chip_state) onto
+        one chip per device (shard_map); folded chips run chips/folded.py instead.
 
         The result takes the stacked params and state (leading chip axes) and the shared
         arguments, and returns the replicated outputs (the same on every chip, taken once) and
         the new stacked state.
         """
-        n, depth = num_replicated_outputs, len(self._names)
         if self.folded:
-            def folded(params, state, *shared):
-                lifted = per_chip
-                for name in reversed(self._names):  # innermost vmap is the minor axis
-                    lifted = jax.vmap(lifted, in_axes=(0, 0) + (None,) * len(shared),
-                                      axis_name=name)
-                outs = lifted(params, state, *shared)
-                first_chip = (0,) * depth
-                return (*(o[first_chip] for o in outs[:n]), outs[n])
-            return folded
+            raise ValueError("folded chips run the stage-by-stage program of chips/folded.py")
+        n, depth = num_replicated_outputs, len(self._names)
 
         def one_chip(params, state, *shared):
             unstack = lambda tree: jax.tree.map(lambda a: a.reshape(a.shape[depth:]), tree)  # noqa: E731

@@ -8,6 +8,9 @@ micro-batches that circulate: at every tick each stage works on a different micr
 pipeline is full, and the micro-batch leaving the last stage gets its next token and re-enters
 stage 0 on the next tick. Every chip ends a step with the full logits and draws the same tokens
 from the same key.
+
+This is the program each chip runs when it has a device (shard_map), and the one the cycle model
+schedules. Chips folded onto one device run the same steps stage by stage (chips/folded.py).
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ class RingState:
     """What a chip carries from one ring tick to the next."""
 
     cache: KVCache  # the KV cache of every sequence in the batch, for this chip's layers
-    held_M1D: jax.Array  # the activations of the micro-batch this stage works on next
+    # The activations of the micro-batch this stage works on next: [M, 1, D] on a chip, [pp, M,
+    # 1, D] for the stages of a folded grid.
+    held: jax.Array
 
 
 def _ring(layout: Layout) -> list[tuple[int, int]]:
-    # Stage s feeds stage s+1 and the last feeds stage 0. Also in single-stream mode, where
-    # stage 0 is idle by then: vmap's ppermute, used when chips are folded, takes only full
-    # permutations.
+    # Stage s feeds stage s+1 and the last feeds stage 0 (in single-stream mode stage 0 is idle
+    # by then: one permutation serves both modes).
     return [(s, (s + 1) % layout.pp) for s in range(layout.pp)]
 
 
@@ -82,34 +86,56 @@ def conveyor(params: Params, config: ModelConfig, layout: Layout, tokens_BT: jax
     return rms_norm(x, params.final_norm_D, config.rms_norm_eps), cache
 
 
-def _next_token(params, config, layout, sampling, precision, x_B1D, seed, step):
+def _in_token_order(logits_BV, config: ModelConfig, layout: Layout):
+    """The chips' gathered vocabulary blocks -> one column per token, in token order."""
+    if layout.vocab_rows:  # the chips' blocks are unequal: pick each token's column
+        return jnp.take(logits_BV, layout.vocab_columns(config.vocab_size), axis=1)
+    return logits_BV[:, :config.vocab_size]
+
+
+class OneChip:
+    """How prefill and decode reach the stages and the logits on one chip (under shard_map):
+    the conveyor's ppermute ticks, the LM head's all_gather. chips.folded runs the same steps
+    over a folded chip grid."""
+
+    @staticmethod
+    def conveyor(params, config, layout, tokens_BT, start, cache, precision):
+        return conveyor(params, config, layout, tokens_BT, start, cache, precision)
+
+    @staticmethod
+    def logits(params, config, layout, precision, x_B1D):
+        logits_B1V = logits_from_hidden(params, x_B1D, layout.vocab_axes, precision)
+        return _in_token_order(logits_B1V[:, 0], config, layout)
+
+
+def next_token(chips, params, config, layout, sampling, precision, x_B1D, seed, step):
     """Logits and the sampled token; the key comes from the seed and the step, so every chip and
     every process draws the same token with no key to ship around."""
-    logits_BV = logits_from_hidden(params, x_B1D, layout.vocab_axes, precision)[:, 0]
-    if layout.vocab_rows:  # the chips' blocks are unequal: pick each token's column
-        logits_BV = jnp.take(logits_BV, layout.vocab_columns(config.vocab_size), axis=1)
-    else:
-        logits_BV = logits_BV[:, :config.vocab_size]
+    logits_BV = chips.logits(params, config, layout, precision, x_B1D)
     with jax.named_scope("sampling"):
         key = jax.random.fold_in(jax.random.key(seed), step)
         return sample(logits_BV, key, sampling), logits_BV
 
 
 def prefill(params: Params, cache: KVCache, tokens_BT, lengths_B, seed, *, config: ModelConfig,
-            layout: Layout, sampling: SamplingConfig, precision: Recipe = REFERENCE):
+            layout: Layout, sampling: SamplingConfig, precision: Recipe = REFERENCE,
+            chips=OneChip):
     """Padded prompts from position 0; for each, the token after its last real entry."""
-    x, cache = conveyor(params, config, layout, tokens_BT, jnp.int32(0), cache, precision)
+    x, cache = chips.conveyor(params, config, layout, tokens_BT, jnp.int32(0), cache, precision)
     last_B1D = jnp.take_along_axis(x, (lengths_B - 1)[:, None, None], axis=1)
-    token, logits = _next_token(params, config, layout, sampling, precision, last_B1D, seed,
-                                jnp.max(lengths_B) - 1)
+    token, logits = next_token(chips, params, config, layout, sampling, precision, last_B1D,
+                                seed, jnp.max(lengths_B) - 1)
     return token, logits, cache
 
 
 def decode(params: Params, cache: KVCache, token_B, position, seed, *, config: ModelConfig,
-           layout: Layout, sampling: SamplingConfig, precision: Recipe = REFERENCE):
+           layout: Layout, sampling: SamplingConfig, precision: Recipe = REFERENCE,
+           chips=OneChip):
     """One token at `position`; the token after it."""
-    x, cache = conveyor(params, config, layout, token_B[:, None], position, cache, precision)
-    token, logits = _next_token(params, config, layout, sampling, precision, x, seed, position)
+    x, cache = chips.conveyor(params, config, layout, token_B[:, None], position, cache,
+                              precision)
+    token, logits = next_token(chips, params, config, layout, sampling, precision, x, seed,
+                                position)
     return token, logits, cache
 
 
@@ -130,7 +156,7 @@ def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, see
     else:
         stage = jax.lax.axis_index(PP_AXIS)
         working = tick >= stage
-        x = jnp.where(stage == 0, x, state.held_M1D)
+        x = jnp.where(stage == 0, x, state.held)
     first_row = ((tick - stage) % layout.pp) * M
     rows = lambda a: jax.lax.dynamic_slice_in_dim(a, first_row, M, axis=0)  # noqa: E731
     y, micro_cache = run_layers(params.layers, config, x, rows(positions_B),
@@ -138,11 +164,11 @@ def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, see
                                 precision=precision)
     cache = jax.tree.map(lambda c, m: jax.lax.dynamic_update_slice_in_dim(c, m, first_row, axis=0),
                          state.cache, micro_cache)
-    held = state.held_M1D
+    held = state.held
     if layout.pp > 1:
         held = _to_next_stage(layout, y, precision)
         y = _from_last_stage(layout, stage, y, precision)
-    token, logits = _next_token(params, config, layout, sampling, precision,
+    token, logits = next_token(OneChip, params, config, layout, sampling, precision,
                                 rms_norm(y, params.final_norm_D, config.rms_norm_eps), seed, tick)
     return token, logits, RingState(cache, held)
 

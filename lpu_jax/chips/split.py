@@ -11,6 +11,8 @@ from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import LayerParams, Params
 from lpu_jax.numerics.formats import QuantizedArray
+from lpu_jax.numerics.matmul import PerChip
+from lpu_jax.numerics.store import ATTENTION_WEIGHTS, MLP_WEIGHTS
 
 
 def _rows(w, tp):
@@ -97,10 +99,13 @@ def split_params(params: Params, config: ModelConfig, layout: Layout) -> Params:
     """
     pp, tp = layout.pp, layout.tp
     stages = layout.stage_layers(config.num_layers)
+    identity = None  # made once, from the first short stage's need
     slots = []
     for slot in range(layout.layer_slots(config.num_layers)):
-        per_stage = [params.layers[stage[slot]] if slot < len(stage)
-                     else _identity_layer(params.layers[0]) for stage in stages]
+        if identity is None and any(slot >= len(stage) for stage in stages):
+            identity = _identity_layer(params.layers[0])
+        per_stage = [params.layers[stage[slot]] if slot < len(stage) else identity
+                     for stage in stages]
         shares = [split_layer(layer, tp, config.num_kv_heads) for layer in per_stage]
         slots.append(jax.tree.map(lambda *leaves: jnp.stack(leaves), *shares))
 
@@ -110,6 +115,42 @@ def split_params(params: Params, config: ModelConfig, layout: Layout) -> Params:
         final_norm_D=_copies(_copies(params.final_norm_D, tp), pp),
         lm_head_DV=split_vocab(params.lm_head_DV, config, layout),
     )
+
+
+def split_folded(params: Params, config: ModelConfig, layout: Layout) -> Params:
+    """The whole model -> the shares of chips folded onto one device, in one buffer per chip.
+
+    The layers stay in order, without the identity layers that pad short stages (the folded
+    program runs each stage's own layers); each layer's matrices are PerChip, one block per tp
+    chip, and its norms and biases are stacked [tp, ...] for vmap. The vocabulary is PerChip over
+    every chip, in chip order; the final norm is one copy.
+    """
+    def layer(w: LayerParams) -> LayerParams:
+        shares = split_layer(w, layout.tp, config.num_kv_heads)
+        return shares.replace(**{name: _blocks(getattr(shares, name), layout.tp)
+                                 for name in ATTENTION_WEIGHTS + MLP_WEIGHTS})
+
+    # Each chip's block holds its real rows only: the per-chip program pads every block to
+    # the largest (one shape for all chips), which would cost the folded LM head work.
+    vocab_size = config.vocab_size
+    rows = [max(0, min(share, vocab_size - start)) for share, start
+            in zip(layout.vocab_shares(vocab_size), layout.vocab_starts(vocab_size))]
+
+    def vocab(w):
+        if w is None:
+            return None
+        chips = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]),
+                             split_vocab(w, config, layout))
+        return PerChip(tuple(jax.tree.map(lambda a: a[chip][..., :rows[chip]], chips)
+                             for chip in range(layout.num_chips)))
+
+    return Params(embed_DV=vocab(params.embed_DV), layers=tuple(map(layer, params.layers)),
+                  final_norm_D=params.final_norm_D, lm_head_DV=vocab(params.lm_head_DV))
+
+
+def _blocks(stacked, chips: int) -> PerChip:
+    """A weight stacked on one chip axis [chips, ...] -> one buffer per chip."""
+    return PerChip(tuple(jax.tree.map(lambda a: a[chip], stacked) for chip in range(chips)))
 
 
 def split_vocab(w, config: ModelConfig, layout: Layout):

@@ -29,6 +29,12 @@ def model_flag() -> flags.FlagHolder:
 
 
 @functools.cache
+def config_flag() -> flags.FlagHolder:
+    return flags.DEFINE_string("config", None, "A Hugging Face config.json, or a name from "
+                               "configs/models (e.g. Llama-2-7b-hf, Meta-Llama-3-8B).")
+
+
+@functools.cache
 def prompt_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
     """--prompt and --max_new_tokens."""
     return (flags.DEFINE_string("prompt", None, "Prompt text."),

@@ -17,8 +17,7 @@ from absl import flags
 from lpu_jax.cli import common, emulated
 from lpu_jax.errors import UserError
 
-_CONFIG = flags.DEFINE_string("config", None, "A Hugging Face config.json, or a name from "
-                              "configs/models (e.g. Llama-2-7b-hf, Meta-Llama-3-8B).")
+_CONFIG = common.config_flag()
 _TP = flags.DEFINE_list("tp", ["1"], "Tensor-parallel chips per stage; a list sweeps them, "
                         "e.g. 1,2,4,8.")
 _PP = flags.DEFINE_list("pp", ["1"], "Pipeline stages; a list sweeps them, e.g. 8,16,32.")

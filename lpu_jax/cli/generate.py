@@ -14,6 +14,10 @@ from lpu_jax.cli import common, emulated
 from lpu_jax.errors import UserError
 
 _MODEL = common.model_flag()
+_CONFIG = common.config_flag()
+_RANDOM_WEIGHTS = flags.DEFINE_bool("random_weights", False, "Run a model of --config's shape "
+                                    "with weights drawn from --seed, stored in --precision's "
+                                    "formats (no checkpoint; text is read as UTF-8 bytes).")
 _PROMPT, _MAX_NEW_TOKENS = common.prompt_flags()
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "Prompt as comma-separated token ids, "
                                   "e.g. 1,2,3 (instead of --prompt).")
@@ -52,6 +56,24 @@ _CPU_FMA = flags.DEFINE_bool("cpu_fma", True, "Let XLA:CPU fuse multiplies and a
                              "logits are bit-identical across --tp.")
 _DUMP_LOGITS = flags.DEFINE_string("dump_logits", None, "Save the logits that chose each new "
                                    "token as a float32 .npy array [new_tokens, vocab].")
+
+
+def model_config():
+    """The model's config: --config's with --random_weights, else the checkpoint's."""
+    from lpu_jax.checkpoint import load_config
+    from lpu_jax.config import ModelConfig
+
+    if not _RANDOM_WEIGHTS.value:
+        if _CONFIG.value is not None:
+            raise UserError("--config gives a model's shape only: add --random_weights, or "
+                            "pass a checkpoint with --model")
+        return load_config(_MODEL.value)
+    if _CONFIG.value is None:
+        raise UserError("--random_weights needs --config (a config.json, or a name from "
+                        "configs/models) for the model's shape")
+    if _MODEL.value is not None:
+        raise UserError("--random_weights draws the weights: pass --config, not --model")
+    return ModelConfig.shipped_or_file(_CONFIG.value)
 
 
 def parse_prompt_ids(text: str) -> list[int]:
@@ -121,7 +143,7 @@ def main() -> None:
     distributed.start(_CPU_DEVICES.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                       _PROCESS_ID.value)
     common.enable_compilation_cache()
-    from lpu_jax.checkpoint import load_config, load_model
+    from lpu_jax.checkpoint import load_model
     from lpu_jax.chips.layout import Layout
     from lpu_jax.chips.placement import Placement
     from lpu_jax.engine.generate import Engine
@@ -136,16 +158,23 @@ def main() -> None:
     check_chips(hardware, layout)
     precision = load_recipe(_PRECISION.value)
     Placement.choose(layout, _FOLD.value)
-    layout.check(load_config(_MODEL.value))
+    config = model_config()
+    layout.check(config)
 
     start = time.perf_counter()
-    model = load_model(_MODEL.value)
-    load_s = time.perf_counter() - start
+    if _RANDOM_WEIGHTS.value:
+        from lpu_jax.checkpoint.random_weights import random_model
+
+        model = random_model(config, _SEED.value, _CONFIG.value)  # drawn by the Engine
+    else:
+        model = load_model(_MODEL.value)
     prompts, is_batch = prompt_batch(model.tokenizer)
     if is_batch and dump_path is not None:
         raise UserError("--dump_logits takes a single prompt, not --prompts_file")
     engine = Engine(model, sampling, layout, fold=_FOLD.value,
                     precision=precision, execution=_EXECUTION.value)
+    model = engine.model  # without the loaded weights: the engine holds them as stored
+    load_s = time.perf_counter() - start  # read (or drawn), stored and placed
     cycle_model = CycleModel(Deployment(model.config, engine.layout, engine.precision, hardware,
                                         sampling))
     speaks = _PROCESS_ID.value == 0

@@ -22,16 +22,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpu_jax.checkpoint import LoadedModel
-from lpu_jax.chips import program
+from lpu_jax.checkpoint.assemble import abstract_params
+from lpu_jax.chips import folded, program
 from lpu_jax.chips.layout import Layout
-from lpu_jax.chips.memory import MemoryPlan
+from lpu_jax.chips.memory import MemoryPlan, tree_bytes
 from lpu_jax.chips.placement import Placement
-from lpu_jax.chips.split import split_params
+from lpu_jax.chips.split import split_folded, split_params
+from lpu_jax.config import ModelConfig
 from lpu_jax.engine.sampling import SamplingConfig
 from lpu_jax.errors import UserError
+from lpu_jax.model import Params
 from lpu_jax.numerics.formats import nbytes, num_values
 from lpu_jax.numerics.recipe import Recipe, load_recipe
-from lpu_jax.numerics.store import execution_copy, store_params
+from lpu_jax.numerics.store import execution_copy, execution_copy_bytes, store_params
 
 # How a step reads low-bit weights: "widen" converts them inside each matmul (an XLA fusion);
 # "pallas" multiplies int8 / int4 weights in the Pallas kernel of kernels/ (interpreted on CPU);
@@ -98,6 +101,51 @@ class _Sequence:
         return "length" if len(self.tokens) == self.max_new else "context"
 
 
+def prepare(config: ModelConfig, layout: Layout, fold: bool | None, precision: Recipe,
+            execution: str) -> tuple[Layout, Placement, str]:
+    """What an Engine of these settings runs on, checked before any weight is touched: the
+    layout (with pp > 1, the vocabulary where the layers leave room, by lpu-estimate's rule, for
+    one sequence at the model's whole context), the placement and the execution mode ("auto"
+    resolved). Refused when the weights would not fit the device's memory."""
+    layout.check(config)
+    if execution not in EXECUTIONS:
+        raise UserError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
+    if layout.pp > 1 and not layout.vocab_rows:
+        layout = MemoryPlan(config, precision).balanced(layout, 1, config.max_position_embeddings)
+    placement = Placement.choose(layout, fold)
+    if execution == "auto":
+        execution = "f32-copy" if placement.devices[0].platform == "cpu" else "widen"
+    _check_memory(config, layout, placement, precision, execution)
+    return layout, placement, execution
+
+
+def _check_memory(config: ModelConfig, layout: Layout, placement: Placement, precision: Recipe,
+                  execution: str) -> None:
+    """The stored weights (and the f32 execution copy, where it is made) against the memory of
+    one device, from their shapes alone."""
+    split = split_folded if placement.folded else split_params
+    stored = jax.eval_shape(lambda p: split(store_params(p, precision), config, layout),
+                            abstract_params(config))
+    copy = execution_copy_bytes(stored) if execution == "f32-copy" else 0
+    needed = tree_bytes(stored) + copy
+    if not (placement.folded or placement.shares_host_memory):
+        needed //= layout.num_chips  # one chip's share on each device
+    free = placement.free_bytes()
+    if free is not None and needed > free:
+        with_copy = " and their f32 execution copy" if copy else ""
+        device = placement.devices[0]
+        raise UserError(f"the {precision.name} weights{with_copy} need {needed / 1e9:.2f} GB on "
+                        f"{device.platform}:{device.id}, which has {free / 1e9:.2f} GB free; "
+                        f"use more devices, a smaller recipe or another layout")
+
+
+def stored_model(model: LoadedModel, precision: Recipe) -> Params:
+    """The model's parameters in the recipe's formats (random weights are drawn so)."""
+    if model.draw_stored is not None:
+        return model.draw_stored(precision)
+    return store_params(model.params, precision)
+
+
 class Engine:
     """Generates from one loaded model on a deployment of emulated chips.
 
@@ -109,30 +157,22 @@ class Engine:
     def __init__(self, model: LoadedModel, sampling: SamplingConfig = SamplingConfig(),
                  layout: Layout = Layout(), fold: bool | None = None,
                  precision: Recipe | str = "f32", execution: str = "auto"):
-        layout.check(model.config)
-        if execution not in EXECUTIONS:
-            raise UserError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
-        self.model = model
+        # The model's description; its weights live on as stored_params (a caller that drops
+        # its own reference to the model frees the loaded copy).
+        self.model = dataclasses.replace(model, params=None)
         self.sampling = sampling
         self.precision = load_recipe(precision)
-        if layout.pp > 1 and not layout.vocab_rows:
-            # The vocabulary where the layers leave room, by lpu-estimate's rule, for one
-            # sequence at the model's whole context.
-            layout = MemoryPlan(model.config, self.precision).balanced(
-                layout, 1, model.config.max_position_embeddings)
-        self.layout = layout
-        self.placement = Placement.choose(layout, fold)
-        stored = store_params(model.params, self.precision)
-        # The weights as stored in device memory, in the recipe's formats.
-        self.stored_params = self.placement.put(split_params(stored, model.config, layout))
-        on_cpu = self.placement.devices[0].platform == "cpu"
-        if execution == "auto":
-            execution = "f32-copy" if on_cpu else "widen"
-        self.execution = execution
-        if execution == "pallas":
+        self.layout, self.placement, self.execution = prepare(model.config, layout, fold,
+                                                              self.precision, execution)
+        if self.execution == "pallas":
+            on_cpu = self.placement.devices[0].platform == "cpu"
             self.precision = self.precision.with_kernel("pallas-interpret" if on_cpu else "pallas")
+        split = split_folded if self.placement.folded else split_params
+        # The weights as stored in device memory, in the recipe's formats.
+        self.stored_params = self.placement.put(split(stored_model(model, self.precision),
+                                                      model.config, self.layout))
         self.params = (execution_copy(self.stored_params)
-                       if execution == "f32-copy" else self.stored_params)
+                       if self.execution == "f32-copy" else self.stored_params)
         self._seed = np.int32(sampling.seed)
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
         self.compile_count = 0
@@ -143,22 +183,28 @@ class Engine:
 
     def weight_report(self) -> dict:
         """The stored weights' bytes in device memory (all chips), against f32 for the same
-        values; identity layers that pad short pipeline stages and vocabulary padding count."""
+        values; identity layers that pad short pipeline stages and vocabulary padding count.
+        execution_copy_bytes: what the f32 execution copy adds (0 when steps read the stored
+        weights)."""
         stored, values = nbytes(self.stored_params), num_values(self.stored_params)
+        copy = (execution_copy_bytes(self.stored_params) if self.execution == "f32-copy"
+                else 0)
         return {"recipe": self.precision.name, "execution": self.execution,
                 "weight_bytes": stored, "weight_bytes_per_chip": stored // self.layout.num_chips,
-                "f32_bytes": 4 * values, "ratio_to_f32": stored / (4 * values)}
-
-    def _on_chips(self, per_chip_tree):
-        """A per-chip pytree repeated on every chip, stacked on the chip axes and placed."""
-        grid = (self.layout.pp, self.layout.tp)
-        return self.placement.put(jax.tree.map(lambda a: jnp.broadcast_to(a, grid + a.shape),
-                                               per_chip_tree))
+                "f32_bytes": 4 * values, "ratio_to_f32": stored / (4 * values),
+                "execution_copy_bytes": copy}
 
     def _initial_state(self, kind: str, batch: int, length: int):
-        """Every chip's state before a step of `kind` (program.initial_state), placed."""
-        return self._on_chips(program.initial_state(kind, self.model.config, self.layout, batch,
-                                                    length, self.precision.kv_cache_dtype))
+        """The chips' state before a step of `kind` (zeros), placed: every chip's
+        (program.initial_state, stacked on the chip axes), or the folded grid's."""
+        config, dtype = self.model.config, self.precision.kv_cache_dtype
+        if self.placement.folded:
+            return self.placement.put(folded.initial_state(kind, config, self.layout, batch,
+                                                           length, dtype))
+        grid = (self.layout.pp, self.layout.tp)
+        one_chip = program.initial_state(kind, config, self.layout, batch, length, dtype)
+        return self.placement.put(jax.tree.map(lambda a: jnp.broadcast_to(a, grid + a.shape),
+                                               one_chip))
 
     def _executable(self, kind: str, batch: int, cache_len: int,
                     prompt_len: int = 0) -> tuple[jax.stages.Compiled, float]:
@@ -171,9 +217,13 @@ class Engine:
         state = self._initial_state(kind, batch, cache_len)  # also the warm-up's input, below
         abstract_state = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
-        fn = functools.partial(program.step(kind), config=self.model.config, layout=self.layout,
-                               sampling=self.sampling, precision=self.precision)
-        on_chips = self.placement.run_per_chip(fn, num_replicated_outputs=2)
+        static = dict(config=self.model.config, layout=self.layout, sampling=self.sampling,
+                      precision=self.precision)
+        if self.placement.folded:
+            on_chips = folded.step(kind, **static)
+        else:
+            on_chips = self.placement.run_per_chip(functools.partial(program.step(kind), **static),
+                                                   num_replicated_outputs=2)
         compiled = jax.jit(on_chips, donate_argnums=(1,)).lower(
             self.params, abstract_state, *args, jax.ShapeDtypeStruct((), jnp.int32)).compile()
         # XLA:CPU finishes setting an executable up on its first run (about as long as a whole
@@ -236,10 +286,11 @@ class Engine:
         # hands in the same host value, which a device array of one process could not be.
         wall = WallTimes()
         token, cache = self._prefill([prompt_ids], [seq], cache_len, prompt_len, wall, keep_logits)
-        decode, seconds = self._executable("decode", 1, cache_len)
-        wall.compile_s += seconds
         if on_token:
             on_token(seq.tokens[-1])
+        if not seq.done:  # one new token (or a stop token at once) needs no decode step
+            decode, seconds = self._executable("decode", 1, cache_len)
+            wall.compile_s += seconds
 
         start = time.perf_counter()
         while not seq.done:

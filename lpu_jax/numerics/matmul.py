@@ -20,6 +20,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from lpu_jax.errors import UserError
 from lpu_jax.kernels.quantized_matmul import quantized_matmul
@@ -139,7 +140,47 @@ def _narrow_dot(x: Array, w: Array, chunk: int) -> Array:
     return total.astype(jnp.float32)
 
 
-def matmul(x: Array, w: Stored, policy: MatmulPolicy, sum_axis: str | None = None,
+@struct.dataclass
+class PerChip:
+    """One weight of each chip of a tensor-parallel group, every block in its own buffer.
+
+    Chips folded onto one device run their per-chip code under jax.vmap, where a weight stacked
+    [tp, ...] makes XLA:CPU multiply a row of activations by it in one batched dot, several times
+    slower than the chips' separate dots, and a slice of a stacked weight costs a copy at every
+    step. With a PerChip weight every chip's product is its own two-dimensional dot on its own
+    block, as when each chip has a device: the same shapes, the same values.
+    """
+
+    blocks: tuple
+
+
+def _on_each_chip(product, x: Array, w) -> Array:
+    """product(x, w) with this chip's weight; for a PerChip weight, under vmap over its chips,
+    each chip's x with its own block (jax.custom_batching), the results stacked like vmap's."""
+    if not isinstance(w, PerChip):
+        return product(x, w)
+
+    @jax.custom_batching.custom_vmap
+    def each(x, blocks):
+        # One chip's product: what a chip computes, and the shape JAX traces this function for.
+        return product(x, blocks[0])
+
+    @each.def_vmap
+    def rule(axis_size, in_batched, x, blocks):
+        if axis_size != len(blocks):
+            raise ValueError(f"{len(blocks)} chips' weights read under vmap over {axis_size}")
+        x_batched = in_batched[0]
+        outs = [product(x[chip] if x_batched else x, block) for chip, block in enumerate(blocks)]
+        return jnp.stack(outs), True
+
+    return each(x, w.blocks)
+
+
+def _first_block(w):
+    return w.blocks[0] if isinstance(w, PerChip) else w
+
+
+def matmul(x: Array, w: Stored | PerChip, policy: MatmulPolicy, sum_axis: str | None = None,
            link: str = "f32") -> Array:
     """x [..., I] @ w [I, O] -> f32 [..., O] under `policy`.
 
@@ -148,27 +189,31 @@ def matmul(x: Array, w: Stored, policy: MatmulPolicy, sum_axis: str | None = Non
     (int32 sums cross exactly, as integers).
     """
     if policy.accumulation == "int32":
-        if not isinstance(w, QuantizedArray) or w.format.kind != "int8":
+        first = _first_block(w)
+        if not isinstance(first, QuantizedArray) or first.format.kind != "int8":
             raise ValueError("int32 accumulation needs the weight stored as int8")
         q_x, x_scale = _int8_per_token(x, sum_axis)
-        total = exact_integer_dot(q_x, w.values)
+        total = _on_each_chip(lambda q, w: exact_integer_dot(q, w.values), q_x, w)
         if sum_axis is not None:
             with jax.named_scope("links"):
                 total = jax.lax.psum(total, sum_axis)
-        return total.astype(jnp.float32) * x_scale * w.scales[..., 0, :]
+        channel_scale = _on_each_chip(lambda _, w: w.scales[..., 0, :], x_scale, w)
+        return total.astype(jnp.float32) * x_scale * channel_scale
 
-    x = round_activations(x.astype(jnp.float32), policy.inputs, sum_axis)
-    values, channel_scale = widened_with_scale(w)
-    if policy.uses_kernel(w):
-        flat = quantized_matmul(x.reshape(-1, x.shape[-1]), w,
-                                interpret=policy.kernel == "pallas-interpret")
-        y, channel_scale = flat.reshape(*x.shape[:-1], flat.shape[-1]), None
-    elif policy.accumulation == "bf16":
-        y = _narrow_dot(x, values, policy.chunk)
-    else:
-        y = jnp.einsum("...i,io->...o", x, values, preferred_element_type=jnp.float32)
-    if channel_scale is not None:
-        y = y * channel_scale
+    def product(x, w):
+        values, channel_scale = widened_with_scale(w)
+        if policy.uses_kernel(w):
+            flat = quantized_matmul(x.reshape(-1, x.shape[-1]), w,
+                                    interpret=policy.kernel == "pallas-interpret")
+            y, channel_scale = flat.reshape(*x.shape[:-1], flat.shape[-1]), None
+        elif policy.accumulation == "bf16":
+            y = _narrow_dot(x, values, policy.chunk)
+        else:
+            y = jnp.einsum("...i,io->...o", x, values, preferred_element_type=jnp.float32)
+        return y if channel_scale is None else y * channel_scale
+
+    y = _on_each_chip(product, round_activations(x.astype(jnp.float32), policy.inputs,
+                                                 sum_axis), w)
     if sum_axis is not None:
         with jax.named_scope("links"):
             y = jax.lax.psum(round_activations(y, link), sum_axis)

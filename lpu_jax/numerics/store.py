@@ -13,6 +13,7 @@ from lpu_jax.errors import UserError
 from lpu_jax.model import LayerParams, Params
 from lpu_jax.numerics.formats import (QuantizedArray, Stored, dequantize, has_channel_scales,
                                       quantize)
+from lpu_jax.numerics.matmul import PerChip
 from lpu_jax.numerics.recipe import Recipe
 
 ATTENTION_WEIGHTS = ("wq_DN", "wk_DK", "wv_DK", "wo_ND")
@@ -30,32 +31,42 @@ def _check_tied(params: Params, recipe: Recipe):
 def store_params(params: Params, recipe: Recipe) -> Params:
     """Every weight matrix in its class's storage format; norms and biases stay f32."""
     _check_tied(params, recipe)
-
-    def layer(p: LayerParams) -> LayerParams:
-        stored = {name: quantize(getattr(p, name), recipe.attention.weights)
-                  for name in ATTENTION_WEIGHTS}
-        stored.update({name: quantize(getattr(p, name), recipe.mlp.weights)
-                       for name in MLP_WEIGHTS})
-        return p.replace(**stored)
-
     lm_head = (None if params.lm_head_DV is None
                else quantize(params.lm_head_DV, recipe.lm_head.weights))
     return params.replace(embed_DV=quantize(params.embed_DV, recipe.embedding),
-                          layers=tuple(layer(p) for p in params.layers), lm_head_DV=lm_head)
+                          layers=tuple(store_layer(p, recipe) for p in params.layers),
+                          lm_head_DV=lm_head)
 
 
-def _executable(w: Stored) -> Stored:
+def store_layer(p: LayerParams, recipe: Recipe) -> LayerParams:
+    """One layer's matrices in their classes' storage formats."""
+    stored = {name: quantize(getattr(p, name), recipe.attention.weights)
+              for name in ATTENTION_WEIGHTS}
+    stored.update({name: quantize(getattr(p, name), recipe.mlp.weights) for name in MLP_WEIGHTS})
+    return p.replace(**stored)
+
+
+_widen_values = jax.jit(lambda w: w.replace(values=w.values.astype(jnp.float32)))
+_dequantize = jax.jit(dequantize)
+
+
+def _executable(w: Stored | PerChip) -> Stored | PerChip:
     """What a matmul reads for w, widened to f32 ahead of time (see widened_with_scale): the
-    stored values with their per-channel scale kept apart, or the dequantized weight."""
+    stored values with their per-channel scale kept apart, or the dequantized weight. An f32
+    weight is read as it is: no copy."""
+    if isinstance(w, PerChip):
+        return PerChip(tuple(_executable(block) for block in w.blocks))
     if isinstance(w, QuantizedArray) and has_channel_scales(w.format):
-        return w.replace(values=w.values.astype(jnp.float32))
-    return dequantize(w)
+        return _widen_values(w)
+    if not isinstance(w, QuantizedArray) and w.dtype == jnp.float32:
+        return w
+    return _dequantize(w)
 
 
 def execution_copy(stored: Params) -> Params:
     """The parameters as the steps read them on a backend where widening inside every matmul is
-    slow (XLA:CPU): the matmul weights widened once, ahead of time. Logits are bit-identical to
-    widening inside the step (tests/test_numerics.py).
+    slow (XLA:CPU): the matmul weights widened once, ahead of time, one by one. Logits are
+    bit-identical to widening inside the step (tests/test_numerics.py).
 
     The embedding stays in its stored format: a step looks up only a few of its columns, and an
     f32 copy read by the lookup would not be bit-identical for int4 and bfp (XLA:CPU fuses the
@@ -66,9 +77,15 @@ def execution_copy(stored: Params) -> Params:
         return p.replace(**{name: _executable(getattr(p, name))
                             for name in ATTENTION_WEIGHTS + MLP_WEIGHTS})
 
-    @jax.jit
-    def widen(params: Params) -> Params:
-        head = params.embed_DV if params.lm_head_DV is None else params.lm_head_DV
-        return params.replace(layers=tuple(layer(p) for p in params.layers),
-                              lm_head_DV=_executable(head))
-    return widen(stored)
+    head = stored.embed_DV if stored.lm_head_DV is None else stored.lm_head_DV
+    return stored.replace(layers=tuple(layer(p) for p in stored.layers),
+                          lm_head_DV=_executable(head))
+
+
+def execution_copy_bytes(stored: Params) -> int:
+    """What execution_copy adds to `stored` (arrays, or only their shapes): the arrays of the
+    copy that are not the stored ones."""
+    def added(stored):
+        held = {id(leaf) for leaf in jax.tree.leaves(stored)}
+        return [leaf for leaf in jax.tree.leaves(execution_copy(stored)) if id(leaf) not in held]
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.eval_shape(added, stored))
