@@ -297,15 +297,11 @@ class IncrementalDecoder:
 
 class ByteTokenizer:
     """Text as its UTF-8 bytes, byte b as token id b: for models with no vocabulary of their own
-    (random weights), so text prompts still run. Ids from 256 on decode to nothing."""
+    (random weights) of at least 256 tokens, so text prompts still run. Ids from 256 on decode
+    to nothing."""
 
     chat_template = None
     eos_token_id = None
-
-    def __init__(self, config):
-        if config.vocab_size < 256:
-            raise UserError(f"a vocabulary of {config.vocab_size} tokens cannot hold the 256 "
-                            "bytes of the byte-level tokenizer; use --prompt_ids")
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode("utf-8"))

@@ -199,3 +199,16 @@ def test_portable_exp_and_sums_do_not_depend_on_array_size():
     for r in (0, 50, 95):
         assert total(rows[r]) == by_rows[r]
     np.testing.assert_allclose(by_rows, rows.astype(np.float64).sum(axis=1), rtol=1e-6)
+
+
+def test_per_chip_weights_give_each_chip_its_own_block_under_vmap():
+    """Folded chips read PerChip weights: each chip multiplies by its own block, also where
+    every chip holds the same input (not mapped over the chips)."""
+    blocks = mm.PerChip((jnp.eye(2), 2 * jnp.eye(2)), axis="tp")
+    x = jnp.ones((1, 2))
+    policy = mm.MatmulPolicy()
+    same_input = jax.vmap(lambda _: mm.matmul(x, blocks, policy), axis_name="tp")(jnp.arange(2))
+    np.testing.assert_array_equal(same_input[:, 0], [[1, 1], [2, 2]])
+    own_inputs = jax.vmap(lambda x: mm.matmul(x, blocks, policy), axis_name="tp")(
+        jnp.stack([x, 3 * x]))
+    np.testing.assert_array_equal(own_inputs[:, 0], [[1, 1], [6, 6]])

@@ -4,7 +4,7 @@ For emulation speed and memory on deployments whose checkpoints are not at hand 
 --config NAME --random_weights). Each tensor is drawn in f32 on the default device, from a key
 made of the seed and its place in the model, and stored in its class's format at once, one
 layer at a time, when the split across chips reads it: neither the model's f32 values nor its
-unsplit stored form ever exist whole, only one layer's. Tensors are drawn whole and split like a
+unsplit stored form ever exist whole, only one layer's (and the vocabulary tensors, drawn whole). Tensors are drawn whole and split like a
 checkpoint's, so a seed gives the same model on every layout. Values follow the usual
 initialisation of Llama models: normal with std 0.02, norms 1, biases 0."""
 
@@ -82,7 +82,9 @@ def random_params(config: ModelConfig, recipe: Recipe, seed: int) -> Params:
 
 def random_model(config: ModelConfig, seed: int, source: str) -> LoadedModel:
     """A model whose weights are drawn from `seed` when an Engine places them, in its recipe's
-    formats, with a byte-level tokenizer (there is no vocabulary to read)."""
-    return LoadedModel(config, None, ByteTokenizer(config), config.eos_token_ids,
+    formats, with a byte-level tokenizer (there is no vocabulary to read; below 256 tokens,
+    none: prompts are then token ids)."""
+    tokenizer = ByteTokenizer() if config.vocab_size >= 256 else None
+    return LoadedModel(config, None, tokenizer, config.eos_token_ids,
                        f"{source} (random weights, seed {seed})",
                        draw_stored=functools.partial(random_params, config, seed=seed))

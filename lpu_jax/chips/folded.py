@@ -26,7 +26,7 @@ from lpu_jax.chips.layout import TP_AXIS, Layout
 from lpu_jax.config import ModelConfig
 from lpu_jax.model import KVCache, Params, rms_norm, run_layers
 from lpu_jax.numerics.formats import take_columns
-from lpu_jax.numerics.matmul import PerChip, matmul, round_activations
+from lpu_jax.numerics.matmul import PerChip, matmul
 from lpu_jax.numerics.recipe import Recipe
 
 
@@ -59,10 +59,7 @@ def _run_stage(layers, cache: KVCache, x, start, config: ModelConfig, layout: La
 def _hand_off(y_TBSD, layout: Layout, precision: Recipe):
     """What the next stage receives: the vectors (every tp chip holds the same ones, a psum ends
     each layer), in the link format when they cross to another stage."""
-    if layout.pp == 1:
-        return y_TBSD[0]
-    with jax.named_scope("links"):
-        return round_activations(y_TBSD[0], precision.links)
+    return y_TBSD[0] if layout.pp == 1 else program.to_link(y_TBSD[0], precision)
 
 
 def _embed(params: Params, config: ModelConfig, layout: Layout, tokens_BT):

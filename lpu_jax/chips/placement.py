@@ -2,9 +2,9 @@
 
 One program is written per chip, with collectives over the chip axes (pp, tp). It runs either with
 one chip per device (`jax.shard_map` over a device mesh of the same shape) or with all chips folded
-onto one device, stage by stage (chips/folded.py: each stage's chips under `jax.vmap` with the
-same axis names, which gives psum and axis_index the same meaning). The number of emulated chips
-never depends on the number of devices.
+onto one device, stage by stage (chips/folded.py: each stage's chips under `jax.vmap` over the tp
+axis, which gives psum and axis_index the same meaning). The number of emulated chips never
+depends on the number of devices.
 """
 
 from __future__ import annotations
@@ -49,13 +49,18 @@ class Placement:
         return cls(layout, tuple(devices[:1] if fold else devices[:layout.num_chips]), fold)
 
     def free_bytes(self) -> int | None:
-        """Memory free for the chips of one device: the accelerator's (its allocator's limit
-        less what is in use), or on CPU the host's available memory, which every CPU device
-        shares. None where neither can be read."""
-        device = self.devices[0]
-        stats = device.memory_stats() if device.platform != "cpu" else None
-        if stats and "bytes_limit" in stats:
-            return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+        """Memory free for the chips of one of this process's devices: an accelerator's (its
+        allocator's limit less what is in use), or on CPU the host's available memory, which
+        every CPU device shares. None where it cannot be read."""
+        device = next((d for d in self.devices if d.process_index == jax.process_index()),
+                      self.devices[0])
+        if not self.on_cpu:
+            try:
+                stats = device.memory_stats() or {}
+            except Exception:  # a backend that keeps no statistics
+                return None
+            limit = stats.get("bytes_limit")
+            return None if limit is None else limit - stats.get("bytes_in_use", 0)
         try:
             with open("/proc/meminfo") as meminfo:
                 fields = dict(line.split(":", 1) for line in meminfo)
@@ -64,7 +69,7 @@ class Placement:
             return None
 
     @property
-    def shares_host_memory(self) -> bool:
+    def on_cpu(self) -> bool:
         return self.devices[0].platform == "cpu"
 
     def describe(self) -> dict:
@@ -88,7 +93,8 @@ class Placement:
         return NamedSharding(self.mesh, PartitionSpec(*self._names))
 
     def put(self, stacked):
-        """Place a pytree stacked on the chip axes: each device gets its chip's slice.
+        """Place a pytree stacked on the chip axes (each device gets its chip's slice), or,
+        folded, any pytree (on the one device).
 
         Built slice by slice from host values, which also works when the devices belong to
         several processes (each process fills its own devices from the same values).

@@ -46,15 +46,21 @@ def _ring(layout: Layout) -> list[tuple[int, int]]:
 
 
 @jax.named_scope("links")
+def to_link(y, precision: Recipe):
+    """Activations as they cross from one stage's chips to another's: in the link format."""
+    return round_activations(y, precision.links)
+
+
+@jax.named_scope("links")
 def _to_next_stage(layout: Layout, y, precision: Recipe):
     """Each stage's activations, sent to the next in the recipe's link format."""
-    return jax.lax.ppermute(round_activations(y, precision.links), PP_AXIS, _ring(layout))
+    return jax.lax.ppermute(to_link(y, precision), PP_AXIS, _ring(layout))
 
 
 @jax.named_scope("links")
 def _from_last_stage(layout: Layout, stage, y, precision: Recipe):
     """The last stage's activations, handed to every stage (in the link format)."""
-    sent = jnp.where(stage == layout.pp - 1, round_activations(y, precision.links), 0.0)
+    sent = jnp.where(stage == layout.pp - 1, to_link(y, precision), 0.0)
     return jax.lax.psum(sent, PP_AXIS)
 
 

@@ -1,4 +1,5 @@
-"""Each chip's share of the parameters, stacked along leading chip axes [pp, tp]."""
+"""Each chip's share of the parameters: stacked along leading chip axes [pp, tp] for one chip
+per device (split_params), or in a buffer per chip for chips folded onto one (split_folded)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpu_jax.chips.layout import Layout
+from lpu_jax.chips.layout import TP_AXIS, Layout
 from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import LayerParams, Params
@@ -149,8 +150,9 @@ def split_folded(params: Params, config: ModelConfig, layout: Layout) -> Params:
 
 
 def _blocks(stacked, chips: int) -> PerChip:
-    """A weight stacked on one chip axis [chips, ...] -> one buffer per chip."""
-    return PerChip(tuple(jax.tree.map(lambda a: a[chip], stacked) for chip in range(chips)))
+    """A weight stacked on the tp chips' axis [tp, ...] -> one buffer per chip."""
+    return PerChip(tuple(jax.tree.map(lambda a: a[chip], stacked) for chip in range(chips)),
+                   axis=TP_AXIS)
 
 
 def split_vocab(w, config: ModelConfig, layout: Layout):

@@ -114,7 +114,7 @@ def prepare(config: ModelConfig, layout: Layout, fold: bool | None, precision: R
         layout = MemoryPlan(config, precision).balanced(layout, 1, config.max_position_embeddings)
     placement = Placement.choose(layout, fold)
     if execution == "auto":
-        execution = "f32-copy" if placement.devices[0].platform == "cpu" else "widen"
+        execution = "f32-copy" if placement.on_cpu else "widen"
     _check_memory(config, layout, placement, precision, execution)
     return layout, placement, execution
 
@@ -122,21 +122,29 @@ def prepare(config: ModelConfig, layout: Layout, fold: bool | None, precision: R
 def _check_memory(config: ModelConfig, layout: Layout, placement: Placement, precision: Recipe,
                   execution: str) -> None:
     """The stored weights (and the f32 execution copy, where it is made) against the memory of
-    one device, from their shapes alone."""
-    split = split_folded if placement.folded else split_params
-    stored = jax.eval_shape(lambda p: split(store_params(p, precision), config, layout),
-                            abstract_params(config))
+    one device, from their shapes alone. Steady state only: storing and splitting also hold a
+    layer (or a vocabulary tensor) in f32 for a moment."""
+    stored = jax.eval_shape(lambda p: _split(placement)(store_params(p, precision), config,
+                                                        layout), abstract_params(config))
     copy = execution_copy_bytes(stored) if execution == "f32-copy" else 0
     needed = tree_bytes(stored) + copy
-    if not (placement.folded or placement.shares_host_memory):
+    if not (placement.folded or placement.on_cpu):
         needed //= layout.num_chips  # one chip's share on each device
     free = placement.free_bytes()
     if free is not None and needed > free:
         with_copy = " and their f32 execution copy" if copy else ""
         device = placement.devices[0]
+        remedy = ("--execution widen (no f32 copy), a smaller recipe or a machine with more "
+                  "memory" if placement.on_cpu else
+                  "more devices (one chip each), a smaller recipe or another layout")
         raise UserError(f"the {precision.name} weights{with_copy} need {needed / 1e9:.2f} GB on "
                         f"{device.platform}:{device.id}, which has {free / 1e9:.2f} GB free; "
-                        f"use more devices, a smaller recipe or another layout")
+                        f"use {remedy}")
+
+
+def _split(placement: Placement):
+    """How the placement's chips hold the weights: a buffer per chip folded, stacked else."""
+    return split_folded if placement.folded else split_params
 
 
 def stored_model(model: LoadedModel, precision: Recipe) -> Params:
@@ -165,12 +173,16 @@ class Engine:
         self.layout, self.placement, self.execution = prepare(model.config, layout, fold,
                                                               self.precision, execution)
         if self.execution == "pallas":
-            on_cpu = self.placement.devices[0].platform == "cpu"
-            self.precision = self.precision.with_kernel("pallas-interpret" if on_cpu else "pallas")
-        split = split_folded if self.placement.folded else split_params
-        # The weights as stored in device memory, in the recipe's formats.
-        self.stored_params = self.placement.put(split(stored_model(model, self.precision),
-                                                      model.config, self.layout))
+            self.precision = self.precision.with_kernel(
+                "pallas-interpret" if self.placement.on_cpu else "pallas")
+        # The weights as stored in device memory, in the recipe's formats: stored and split on
+        # the one device of folded chips, else on the host (placing gives each device its share).
+        with jax.default_device(self.placement.devices[0] if self.placement.folded
+                                else jax.devices("cpu")[0]):
+            shares = _split(self.placement)(stored_model(model, self.precision), model.config,
+                                            self.layout)
+        self.stored_params = self.placement.put(shares)
+        del shares
         self.params = (execution_copy(self.stored_params)
                        if self.execution == "f32-copy" else self.stored_params)
         self._seed = np.int32(sampling.seed)
@@ -183,7 +195,8 @@ class Engine:
 
     def weight_report(self) -> dict:
         """The stored weights' bytes in device memory (all chips), against f32 for the same
-        values; identity layers that pad short pipeline stages and vocabulary padding count.
+        values; with one chip per device, the identity layers that pad short pipeline stages and
+        the vocabulary padding count.
         execution_copy_bytes: what the f32 execution copy adds (0 when steps read the stored
         weights)."""
         stored, values = nbytes(self.stored_params), num_values(self.stored_params)

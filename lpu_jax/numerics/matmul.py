@@ -152,6 +152,7 @@ class PerChip:
     """
 
     blocks: tuple
+    axis: str = struct.field(pytree_node=False, default="tp")  # the vmapped axis of its chips
 
 
 def _on_each_chip(product, x: Array, w) -> Array:
@@ -161,19 +162,21 @@ def _on_each_chip(product, x: Array, w) -> Array:
         return product(x, w)
 
     @jax.custom_batching.custom_vmap
-    def each(x, blocks):
+    def each(x, blocks, chip):
         # One chip's product: what a chip computes, and the shape JAX traces this function for.
         return product(x, blocks[0])
 
     @each.def_vmap
-    def rule(axis_size, in_batched, x, blocks):
-        if axis_size != len(blocks):
+    def rule(axis_size, in_batched, x, blocks, chip):
+        x_batched, blocks_batched, _ = in_batched
+        if axis_size != len(blocks) or any(jax.tree.leaves(blocks_batched)):
             raise ValueError(f"{len(blocks)} chips' weights read under vmap over {axis_size}")
-        x_batched = in_batched[0]
         outs = [product(x[chip] if x_batched else x, block) for chip, block in enumerate(blocks)]
         return jnp.stack(outs), True
 
-    return each(x, w.blocks)
+    # The chip's index is mapped over the chips' axis: the rule runs even where x is the same on
+    # every chip (not mapped), which would otherwise give every chip the first block's product.
+    return each(x, w.blocks, jax.lax.axis_index(w.axis))
 
 
 def _first_block(w):
