@@ -178,7 +178,7 @@ class Engine:
         # The weights as stored in device memory, in the recipe's formats: stored and split on
         # the one device of folded chips, else on the host (placing gives each device its share).
         with jax.default_device(self.placement.devices[0] if self.placement.folded
-                                else jax.devices("cpu")[0]):
+                                else jax.local_devices(backend="cpu")[0]):
             shares = _split(self.placement)(stored_model(model, self.precision), model.config,
                                             self.layout)
         self.stored_params = self.placement.put(shares)
