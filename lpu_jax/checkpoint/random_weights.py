@@ -4,9 +4,11 @@ For emulation speed and memory on deployments whose checkpoints are not at hand 
 --config NAME --random_weights). Each tensor is drawn in f32 on the default device, from a key
 made of the seed and its place in the model, and stored in its class's format at once, one
 layer at a time, when the split across chips reads it: neither the model's f32 values nor its
-unsplit stored form ever exist whole, only one layer's (and the vocabulary tensors, drawn whole). Tensors are drawn whole and split like a
-checkpoint's, so a seed gives the same model on every layout. Values follow the usual
-initialisation of Llama models: normal with std 0.02, norms 1, biases 0."""
+unsplit stored form ever exist whole, only one layer's (and the vocabulary tensors, drawn whole).
+Tensors are drawn whole and split like a checkpoint's, so a seed gives the same model on every
+layout. Values follow the usual initialisation of Llama models: normal with std 0.02, norms 1,
+biases 0.
+"""
 
 from __future__ import annotations
 

@@ -20,12 +20,9 @@ from lpu_jax.checkpoint.assemble import abstract_params
 from lpu_jax.chips.layout import Layout, layouts_within
 from lpu_jax.chips.split import split_layer
 from lpu_jax.config import ModelConfig
+from lpu_jax.numerics.formats import nbytes
 from lpu_jax.numerics.recipe import Recipe
 from lpu_jax.numerics.store import store_params
-
-
-def tree_bytes(tree) -> int:
-    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +43,8 @@ class MemoryPlan:
         stored = self.one_layer_model = jax.eval_shape(
             lambda p: store_params(p, recipe),
             abstract_params(dataclasses.replace(config, num_layers=1)))
-        self._one_layer, self._norm = stored.layers[0], tree_bytes(stored.final_norm_D)
-        self.row_bytes = ((tree_bytes(stored.embed_DV) + tree_bytes(stored.lm_head_DV))
+        self._one_layer, self._norm = stored.layers[0], nbytes(stored.final_norm_D)
+        self.row_bytes = ((nbytes(stored.embed_DV) + nbytes(stored.lm_head_DV))
                           / config.vocab_size)  # a token's embedding and LM head columns
         self._layer: dict[int, int] = {}
 
@@ -56,7 +53,7 @@ class MemoryPlan:
         if tp not in self._layer:
             shares = jax.eval_shape(lambda layer: split_layer(layer, tp, self.config.num_kv_heads),
                                     self._one_layer)
-            self._layer[tp] = tree_bytes(shares) // tp
+            self._layer[tp] = nbytes(shares) // tp
         return self._layer[tp]
 
     def kv_bytes_per_layer(self, layout: Layout, sequences: int, context: int) -> int:

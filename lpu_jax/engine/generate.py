@@ -25,7 +25,7 @@ from lpu_jax.checkpoint import LoadedModel
 from lpu_jax.checkpoint.assemble import abstract_params
 from lpu_jax.chips import folded, program
 from lpu_jax.chips.layout import Layout
-from lpu_jax.chips.memory import MemoryPlan, tree_bytes
+from lpu_jax.chips.memory import MemoryPlan
 from lpu_jax.chips.placement import Placement
 from lpu_jax.chips.split import split_folded, split_params
 from lpu_jax.config import ModelConfig
@@ -127,7 +127,7 @@ def _check_memory(config: ModelConfig, layout: Layout, placement: Placement, pre
     stored = jax.eval_shape(lambda p: _split(placement)(store_params(p, precision), config,
                                                         layout), abstract_params(config))
     copy = execution_copy_bytes(stored) if execution == "f32-copy" else 0
-    needed = tree_bytes(stored) + copy
+    needed = nbytes(stored) + copy
     if not (placement.folded or placement.on_cpu):
         needed //= layout.num_chips  # one chip's share on each device
     free = placement.free_bytes()

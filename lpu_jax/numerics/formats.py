@@ -249,8 +249,9 @@ def saturating_cast(x: Array, dtype) -> Array:
 
 
 def nbytes(tree) -> int:
-    """Bytes held by every array of a pytree (None leaves hold nothing)."""
-    return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(tree))
+    """Bytes held by every array of a pytree, or that its shapes (jax.ShapeDtypeStruct) would
+    hold (None leaves hold nothing)."""
+    return sum(int(leaf.size) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 def num_values(tree) -> int:

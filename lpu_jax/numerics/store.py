@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from lpu_jax.errors import UserError
 from lpu_jax.model import LayerParams, Params
 from lpu_jax.numerics.formats import (QuantizedArray, Stored, dequantize, has_channel_scales,
-                                      quantize)
+                                      nbytes, quantize)
 from lpu_jax.numerics.matmul import PerChip
 from lpu_jax.numerics.recipe import Recipe
 
@@ -88,4 +88,4 @@ def execution_copy_bytes(stored: Params) -> int:
     def added(stored):
         held = {id(leaf) for leaf in jax.tree.leaves(stored)}
         return [leaf for leaf in jax.tree.leaves(execution_copy(stored)) if id(leaf) not in held]
-    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.eval_shape(added, stored))
+    return nbytes(jax.eval_shape(added, stored))
