@@ -14,13 +14,13 @@ from lpu_jax.errors import UserError
 from lpu_jax.schema import REQUIRED, Fields
 from lpu_jax.textfiles import read_json, shipped_or_path
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 # Beyond these a config is a mistake, not a model (the largest Llama-family models stay far
 # below): refused at once rather than planned for hours.
 LIMITS = {"num_hidden_layers": 2048, "hidden_size": 1 << 18, "intermediate_size": 1 << 20,
           "num_attention_heads": 4096, "num_key_value_heads": 4096, "head_dim": 4096,
-          "vocab_size": 1 << 24, "max_position_embeddings": 1 << 24}
+          "vocab_size": 1 << 24, "max_position_embeddings": 1 << 24, "num_local_experts": 1024}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,10 @@ class ModelConfig:
     model_type: str = "llama"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    # A mixture of experts (Mixtral) when num_experts > 0: each layer's MLP is num_experts SwiGLU
+    # experts of width intermediate_size, experts_per_token of them chosen per token.
+    num_experts: int = 0
+    experts_per_token: int = 0
 
     def __post_init__(self):
         positive = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -67,6 +71,9 @@ class ModelConfig:
                             f"num_key_value_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise UserError(f"model config: head_dim={self.head_dim} must be even for RoPE")
+        if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
+            raise UserError(f"model config: num_experts_per_tok={self.experts_per_token} must be "
+                            f"between 1 and num_local_experts={self.num_experts}")
 
     @property
     def q_per_kv(self) -> int:
@@ -78,7 +85,10 @@ class ModelConfig:
         attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
         if self.attention_bias:
             attn += h * (self.num_heads + 2 * self.num_kv_heads) + d
-        mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
+        if self.num_experts:
+            mlp = self.num_experts * (3 * d * f + d)  # the experts and the router's column each
+        else:
+            mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
         per_layer = attn + mlp + 2 * d
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.num_layers * per_layer + d + head
@@ -89,10 +99,6 @@ class ModelConfig:
         and any field of the wrong type or beyond the sizes lpu_jax handles (LIMITS)."""
         fields = Fields(raw, source)
         model_type = raw.get("model_type")
-        if raw.get("num_local_experts"):
-            raise UserError(f"{model_type!r} is a mixture of experts ({raw['num_local_experts']} "
-                            "experts per layer): lpu_jax has no expert parallelism yet, so it "
-                            "neither runs nor estimates MoE models")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UserError(f"unsupported model_type {model_type!r}: lpu_jax runs "
                             f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama-architecture) checkpoints")
@@ -113,6 +119,15 @@ class ModelConfig:
                 and window < max_positions):
             raise UserError(f"unsupported sliding_window={window} (< max_position_embeddings="
                             f"{max_positions}): sliding-window attention is not implemented")
+
+        experts = fields.integer("num_local_experts", 0, low=0, high=LIMITS["num_local_experts"])
+        if (model_type == "mixtral") != bool(experts):
+            raise UserError(f"{source}: model_type {model_type!r} with num_local_experts="
+                            f"{experts}: a mixture of experts is model_type 'mixtral' with "
+                            "num_local_experts > 0")
+        if experts and fields.number("router_jitter_noise", 0.0, positive=False):
+            raise UserError(f"{source}: router_jitter_noise is a training-time perturbation; "
+                            "an inference config has it 0")
 
         rope_theta, rope_scaling = _read_rope(fields)
         num_heads = size("num_attention_heads")
@@ -136,6 +151,9 @@ class ModelConfig:
             model_type=model_type,
             bos_token_id=fields.integer("bos_token_id", None, low=0),
             eos_token_ids=fields.integers("eos_token_id"),
+            num_experts=experts,
+            experts_per_token=(fields.integer("num_experts_per_tok", REQUIRED, low=1)
+                               if experts else 0),
         )
 
     @classmethod

@@ -32,7 +32,7 @@ from flax import struct
 
 from lpu_jax.config import ModelConfig
 from lpu_jax.numerics.formats import Stored, saturating_cast, take_columns
-from lpu_jax.numerics.matmul import MatmulPolicy, matmul
+from lpu_jax.numerics.matmul import MatmulPolicy, matmul, one_chip, sum_partials
 from lpu_jax.numerics.portable import ordered_sum, softmax
 from lpu_jax.numerics.recipe import Recipe
 
@@ -41,21 +41,28 @@ REFERENCE = Recipe()
 # The blocks of the per-chip program, each a jax.named_scope: the cycle model reports where time
 # goes by them. A scope inside another (links inside attention/out) counts as the inner one.
 BLOCKS = ("embedding", "norm", "attention/qkv", "attention/core", "attention/out", "mlp/up",
-          "mlp/down", "lm_head", "links", "sampling")
+          "mlp/down", "moe/router", "moe/dispatch", "lm_head", "links", "sampling")
 LAYER_SCOPE = "layer"  # around each decoder layer: the cycle model reports cycles per layer
 
 
 @struct.dataclass
 class LayerParams:
+    """One decoder layer's tensors (lpu_jax/parameters.py declares each: names, class, axes)."""
+
     attn_norm_D: Array
     wq_DN: Stored  # columns: N*H, query heads stacked head-major
     wk_DK: Stored  # columns: K*H
     wv_DK: Stored
     wo_ND: Stored  # rows: N*H
     mlp_norm_D: Array
-    w_gate_DF: Stored
-    w_up_DF: Stored
-    w_down_FD: Stored
+    # A dense MLP, or a mixture of experts (router and experts); the other is None.
+    w_gate_DF: Stored | None = None
+    w_up_DF: Stored | None = None
+    w_down_FD: Stored | None = None
+    router_DR: Array | None = None  # f32: routing is computed in f32, as transformers does
+    w_gate_EDF: Stored | None = None  # the experts this chip holds, [E, D, F] (F: its columns)
+    w_up_EDF: Stored | None = None
+    w_down_EFD: Stored | None = None
     # Present only when the config asks for biases (attention_bias / mlp_bias); None otherwise.
     bq_N: Array | None = None
     bk_K: Array | None = None
@@ -218,6 +225,63 @@ def mlp(layer: LayerParams, x_BTD: Array, tp_axis: str | None = None,
                        precision.links)
 
 
+def route(router_DR: Array, x_MD: Array, experts_per_token: int) -> tuple[Array, Array]:
+    """Each token's chosen experts [M, k] and their weights [M, k], as transformers' Mixtral
+    router: logits and softmax over every expert in f32, the top k, renormalised to sum to 1."""
+    logits_ME = jnp.einsum("md,de->me", x_MD, router_DR, preferred_element_type=jnp.float32)
+    top_MK, expert_MK = jax.lax.top_k(softmax(logits_ME, axis=-1), experts_per_token)
+    return expert_MK, top_MK / ordered_sum(top_MK, -1, keepdims=True)
+
+
+def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None = None,
+        precision: Recipe = REFERENCE) -> Array:
+    """A mixture of experts in place of the MLP: each token's output is the weighted sum of its
+    chosen experts' SwiGLUs.
+
+    Every chip holds every token and the whole router, and routes them all; it runs only the
+    experts it holds (chips/split.py: E / tp each, or a slice of one expert's columns), on the
+    (token, choice) pairs routed to them, grouped by expert with static shapes: the pairs are
+    sorted by expert and each expert multiplies its run (ragged_dot), the pairs of experts held
+    elsewhere falling past the runs. The partial outputs are added over the tp chips with the
+    same psum as the dense MLP's down projection. No token is dropped and no shape depends on
+    the routing, so one compiled step serves every routing.
+    """
+    B, T, D = x_BTD.shape
+    x_MD = x_BTD.reshape(B * T, D)
+    k = cfg.experts_per_token
+    with jax.named_scope("moe/router"):
+        expert_MK, weight_MK = route(layer.router_DR, x_MD, k)
+    with jax.named_scope("moe/dispatch"):
+        experts_here, _, columns_here = one_chip(layer.w_gate_EDF).shape
+        chips_per_expert = cfg.intermediate_size // columns_here
+        chip = jax.lax.axis_index(tp_axis) if tp_axis is not None else 0
+        local_R = expert_MK.reshape(-1) - (chip // chips_per_expert) * experts_here
+        held_R = (local_R >= 0) & (local_R < experts_here)
+        order_R = jnp.argsort(jnp.where(held_R, local_R, experts_here), stable=True)
+        groups_E = jnp.sum(jnp.where(held_R[:, None], local_R[:, None], -1)
+                           == jnp.arange(experts_here), axis=0, dtype=jnp.int32)
+        token_R = order_R // k  # pair r = token * k + choice
+        x_RD = jnp.take(x_MD, token_R, axis=0)
+    policy = precision.experts
+    with jax.named_scope("mlp/up"):
+        gate = matmul(x_RD, layer.w_gate_EDF, policy, groups=groups_E)
+        up = matmul(x_RD, layer.w_up_EDF, policy, groups=groups_E)
+        hidden_RF = jax.nn.silu(gate) * up
+    with jax.named_scope("mlp/down"):
+        largest = None
+        if chips_per_expert > 1:  # a pair's hidden vector is split over chips: one scale for it
+            largest = jnp.max(jnp.abs(hidden_RF), axis=-1, keepdims=True)
+            pairs = jnp.zeros_like(largest).at[order_R].set(largest)
+            with jax.named_scope("links"):
+                largest = jnp.take(jax.lax.pmax(pairs, tp_axis), order_R, axis=0)
+        y_RD = matmul(hidden_RF, layer.w_down_EFD, policy, groups=groups_E, largest=largest)
+        weight_R = jnp.take(weight_MK.reshape(-1), order_R)
+        y_MD = jnp.zeros((B * T, D), jnp.float32).at[token_R].add(y_RD * weight_R[:, None])
+        if tp_axis is not None:
+            y_MD = sum_partials(y_MD, tp_axis, precision.links)
+    return y_MD.reshape(B, T, D)
+
+
 def _chip_index(axes: tuple[tuple[str, int], ...]) -> Array:
     """This chip's position along several named axes taken together, the first one major."""
     index = jnp.int32(0)
@@ -246,11 +310,14 @@ def embed(embed_DV: Stored, tokens_BT: Array, vocab_axes: tuple[tuple[str, int],
         return jax.lax.psum(x, tuple(name for name, _ in vocab_axes))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "tp_axis", "precision", "always_write"))
+@functools.partial(jax.jit, static_argnames=("cfg", "tp_axis", "precision", "always_write",
+                                             "with_routing"))
 def decoder_layer(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache_BSKH: Array,
                   v_cache_BSKH: Array, start: Array, write: Array, *, cfg: ModelConfig,
-                  tp_axis: str | None, precision: Recipe, always_write: bool):
-    """One decoder layer: attention and MLP, each added to the residual stream.
+                  tp_axis: str | None, precision: Recipe, always_write: bool,
+                  with_routing: bool = False):
+    """One decoder layer: attention and MLP, each added to the residual stream (with_routing:
+    also the experts each token chose, [B*T, k]).
 
     Under jit so that tracing a step traces the layer once and reuses it for every layer of the
     same shapes (XLA inlines the calls: the compiled program is the same).
@@ -260,8 +327,13 @@ def decoder_layer(layer: LayerParams, x_BTD: Array, positions_BT: Array, k_cache
                                   jnp.asarray(rope_inverse_frequencies(cfg)), cfg.head_dim,
                                   tp_axis, True if always_write else write, precision)
     x_BTD = x_BTD + h
-    x_BTD = x_BTD + mlp(layer, rms_norm(x_BTD, layer.mlp_norm_D, cfg.rms_norm_eps), tp_axis,
-                        precision)
+    normed = rms_norm(x_BTD, layer.mlp_norm_D, cfg.rms_norm_eps)
+    feed_forward = mlp if layer.router_DR is None else functools.partial(moe, cfg=cfg)
+    x_BTD = x_BTD + feed_forward(layer, normed, tp_axis=tp_axis, precision=precision)
+    if with_routing:
+        experts = route(layer.router_DR, normed.reshape(-1, normed.shape[-1]),
+                        cfg.experts_per_token)[0]
+        return x_BTD, k_next, v_next, experts
     return x_BTD, k_next, v_next
 
 
@@ -308,6 +380,23 @@ def logits_from_hidden(params: Params, x_BTD: Array,
         with jax.named_scope("links"):
             logits = jax.lax.all_gather(logits, name, axis=2, tiled=True)
     return logits
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
+def expert_choices(params: Params, cfg: ModelConfig, tokens_BT: Array,
+                   precision: Recipe = REFERENCE) -> Array:
+    """The experts each token of a whole sequence chooses in each layer of a mixture of
+    experts, [layers, B*T, k], in order of routing weight (for analyses and checks)."""
+    B, T = tokens_BT.shape
+    cache = KVCache.zeros(cfg, B, T, precision.kv_cache_dtype)
+    positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    x_BTD, chosen = embed(params.embed_DV, tokens_BT), []
+    for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
+        x_BTD, _, _, experts = decoder_layer(
+            layer, x_BTD, positions_BT, k_cache, v_cache, jnp.int32(0), jnp.asarray(True),
+            cfg=cfg, tp_axis=None, precision=precision, always_write=True, with_routing=True)
+        chosen.append(experts)
+    return jnp.stack(chosen)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "precision"))

@@ -44,6 +44,25 @@ def test_llama_2_70b_on_576_chips_fits_one_stream_at_4096_positions():
         assert memory["fits"] and memory["sequences"] == 1 and memory["max_sequences"] >= 1
 
 
+def test_mixtral_8x7b_on_256_chips_with_its_experts_split_either_way():
+    runs = {}
+    for ep in (1, 8):
+        result = estimate("--config", "Mixtral-8x7B-v0.1", "--tp", "8", "--pp", "32", "--ep",
+                          str(ep), "--json")
+        assert result.returncode == 0, result.stderr
+        runs[ep] = json.loads(result.stdout)
+    for ep, run in runs.items():
+        memory = run["memory_per_chip"]
+        assert run["ep"] == ep and memory["fits"]
+        # 46.7 billion int8 weights (and their scales) over 256 chips, however they are split
+        assert 46.7e9 / 256 < memory["weights_bytes"] < 1.01 * 46.7e9 / 256
+    # A token's two experts: at ep 1 every chip installs its column slice of both, at ep 8 the
+    # static schedule must let a chip install a whole expert (its own, if chosen): 4x the bytes.
+    up = {ep: run["decode"]["cycles_by_block"]["mlp/up"] for ep, run in runs.items()}
+    assert up[8] > 2.5 * up[1]
+    assert runs[1]["decode"]["tokens_per_s"] > runs[8]["decode"]["tokens_per_s"]
+
+
 def chosen(*args):
     result = estimate("--config", "SmolLM2-135M-Instruct", "--chips", "6", *args)
     assert result.returncode == 0, result.stderr
@@ -128,7 +147,8 @@ def test_the_lpu_next_to_gpus():
 
 BAD_INPUT = [
     (["--config", "Llama-2-7b-hf", "--tp", "8"], "it needs at least"),
-    (["--config", "Mixtral-8x7B-v0.1"], "mixture of experts"),
+    (["--config", "Mixtral-8x7B-v0.1", "--tp", "8", "--ep", "3"],
+     "--ep=3 does not divide the model's 8 experts"),
     (["--config", "Llama-2-7b-hf", "--pp", "1,x"], "--pp takes comma-separated integers"),
     (["--config", "Llama-2-7b-hf", "--pp", "2,4", "--trace", "t.json"],
      "--trace and --gantt show one deployment"),

@@ -48,7 +48,7 @@ def test_memory_counts_real_layers_not_the_identity_pads():
     plan = MemoryPlan(config(3, 8), load_recipe("int8-exact"))  # a vocabulary of almost nothing
     two_stages = plan.balanced(Layout(pp=2), 1, 64)
     assert two_stages.vocab_rows == (0, 8)  # the short stage takes it
-    one_layer, kv = plan.layer_bytes(1), plan.kv_bytes_per_layer(two_stages, 1, 64)
+    one_layer, kv = plan.layer_bytes(Layout()), plan.kv_bytes_per_layer(two_stages, 1, 64)
     held = plan.fullest(two_stages, 1, 64)
     assert held.weights == 2 * one_layer + 64 * 4  # two layers and the final norm, no rows
     assert held.kv_cache == 2 * kv

@@ -36,6 +36,15 @@ VARIANTS = {
                                                 head_dim=24)),
     "mistral": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2,
                                                  sliding_window=None)),
+    # Mixtral: 4 experts top-1 (MHA, 8 heads: tp 8 splits each expert's columns over 2 chips),
+    # 8 experts top-2 (GQA 8/2, tied).
+    "moe4_top1": ("MixtralConfig", dict(num_attention_heads=8, num_key_value_heads=8,
+                                        head_dim=8, num_local_experts=4, num_experts_per_tok=1,
+                                        sliding_window=None)),
+    "moe8_top2": ("MixtralConfig", dict(num_attention_heads=8, num_key_value_heads=2,
+                                        head_dim=16, num_local_experts=8,
+                                        num_experts_per_tok=2, tie_word_embeddings=True,
+                                        sliding_window=None)),
 }
 
 

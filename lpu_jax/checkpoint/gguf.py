@@ -12,42 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
-from lpu_jax.checkpoint.assemble import EMBED, FINAL_NORM, LM_HEAD, build_params
+from lpu_jax.checkpoint.assemble import build_params
 from lpu_jax.checkpoint.gguf_file import GGUFFile
 from lpu_jax.config import LIMITS, ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.model import Params
+from lpu_jax.parameters import EMBED, LM_HEAD, Tensor
 from lpu_jax.schema import REQUIRED, Fields
 
-# GGUF tensor name -> Hugging Face name ({i} is the layer)
-_GLOBAL_NAMES = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM,
-                 "output.weight": LM_HEAD}
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
-
-def hf_name(gguf_name: str) -> str | None:
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    parts = gguf_name.split(".")  # blk.{i}.{name}.{weight|bias}
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
-    return None
+# The q and k projections whose rows llama.cpp's converter permutes, and whose head count
+# undoes it.
+_ROPE_PERMUTED = {"wq_DN": "num_heads", "bq_N": "num_heads", "wk_DK": "num_kv_heads",
+                  "bk_K": "num_kv_heads"}
 
 
 class GGUFCheckpoint:
-    """A GGUF model: its config, tokenizer metadata and tensors under Hugging Face names."""
+    """A GGUF model: its config, tokenizer metadata and tensors (under llama.cpp's names)."""
 
     def __init__(self, path: Path):
         self.path = path
         self._file = GGUFFile(path)
         self.metadata = self._file.metadata
-        self._tensors = {hf_name(name): info for name, info in self._file.tensors.items()
-                         if hf_name(name) is not None}
+        self._tensors = self._file.tensors
 
     def config(self) -> ModelConfig:
         meta = self.metadata
@@ -71,22 +57,29 @@ class GGUFCheckpoint:
                  "num_attention_heads": "llama.attention.head_count",
                  "num_key_value_heads": "llama.attention.head_count_kv",
                  "head_dim": "llama.attention.key_length",
-                 "max_position_embeddings": "llama.context_length"}
-        optional = {"vocab_size", "num_key_value_heads", "head_dim"}
-        raw = {hf: fields.integer(key, None if hf in optional else REQUIRED, high=LIMITS[hf])
+                 "max_position_embeddings": "llama.context_length",
+                 "num_local_experts": "llama.expert_count",
+                 "num_experts_per_tok": "llama.expert_used_count"}
+        optional = {"vocab_size", "num_key_value_heads", "head_dim", "num_local_experts",
+                    "num_experts_per_tok"}
+        zero_means_none = {"num_local_experts", "num_experts_per_tok"}  # dense models may say 0
+        raw = {hf: fields.integer(key, None if hf in optional else REQUIRED,
+                                  low=0 if hf in zero_means_none else 1, high=LIMITS.get(hf))
                for hf, key in sizes.items()}
         if raw["vocab_size"] is None:
             tokens = meta.get("tokenizer.ggml.tokens")
             raw["vocab_size"] = len(tokens) if isinstance(tokens, list) and tokens else (
-                self._tensor_rows(EMBED))
+                self._tensor_rows(EMBED.gguf))
         eos = fields.integer("tokenizer.ggml.eos_token_id", None, low=0)
+        raw = {k: v for k, v in raw.items() if not (k in zero_means_none and v == 0)}
         raw.update(
-            model_type="llama",
+            # llama.cpp keeps Mixtral under the llama architecture, with experts.
+            model_type="mixtral" if raw.get("num_local_experts") else "llama",
             rms_norm_eps=fields.number("llama.attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta=fields.number("llama.rope.freq_base", 10000.0),
-            tie_word_embeddings=LM_HEAD not in self._tensors,
-            attention_bias="model.layers.0.self_attn.q_proj.bias" in self._tensors,
-            mlp_bias="model.layers.0.mlp.gate_proj.bias" in self._tensors,
+            tie_word_embeddings=LM_HEAD.gguf not in self._tensors,
+            attention_bias="blk.0.attn_q.bias" in self._tensors,
+            mlp_bias="blk.0.ffn_gate.bias" in self._tensors,
             bos_token_id=fields.integer("tokenizer.ggml.bos_token_id", None, low=0),
             eos_token_id=eos)
         return ModelConfig.from_hf_dict({k: v for k, v in raw.items() if v is not None},
@@ -97,21 +90,20 @@ class GGUFCheckpoint:
             raise UserError(f"{self.path}: GGUF file lacks tensor {name!r}")
         return int(self._tensors[name].shape[0])
 
-    def read(self, name: str, config: ModelConfig) -> np.ndarray:
+    def read(self, name: str, tensor: Tensor, config: ModelConfig) -> np.ndarray:
         from gguf.quants import dequantize  # imported here: only GGUF users pay for it
 
         info = self._tensors[name]
         raw = self._file.read_raw(info.name)
         array = np.asarray(dequantize(raw, info.ggml_type), dtype=np.float32).reshape(info.shape)
-        if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
-            array = _unpermute_rope_rows(array, config.num_heads)
-        elif name.endswith("self_attn.k_proj.weight") or name.endswith("self_attn.k_proj.bias"):
-            array = _unpermute_rope_rows(array, config.num_kv_heads)
+        if tensor.field in _ROPE_PERMUTED:
+            array = _unpermute_rope_rows(array, getattr(config, _ROPE_PERMUTED[tensor.field]))
         return array
 
     def params(self, config: ModelConfig) -> Params:
-        return build_params(config, self._tensors, lambda name: self.read(name, config),
-                            str(self.path))
+        return build_params(config, self._tensors,
+                            lambda name, tensor: self.read(name, tensor, config),
+                            str(self.path), naming="gguf")
 
 
 def _unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:

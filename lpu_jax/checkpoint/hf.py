@@ -54,7 +54,8 @@ def load_hf_dir(directory: Path, config: ModelConfig) -> Params:
         for path in safetensors_files(directory):
             files.append(SafetensorsFile(path))
         owner = {name: f for f in files for name in f.names()}
-        return build_params(config, owner, lambda name: owner[name].read(name), str(directory))
+        return build_params(config, owner, lambda name, _: owner[name].read(name),
+                            str(directory))
     finally:
         for f in files:
             f.close()

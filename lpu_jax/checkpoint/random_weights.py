@@ -24,6 +24,7 @@ from lpu_jax.config import ModelConfig
 from lpu_jax.model import LayerParams, Params
 from lpu_jax.numerics.recipe import Recipe
 from lpu_jax.numerics.store import store_layer, store_params
+from lpu_jax.parameters import LAYER_TENSORS, Tensor
 from lpu_jax.tokenizer import ByteTokenizer
 
 INIT_STD = 0.02  # transformers' LlamaConfig.initializer_range
@@ -34,19 +35,21 @@ def _normal(key, shape):
     return INIT_STD * jax.random.normal(key, shape, jnp.float32)
 
 
-def _draw(spec: jax.ShapeDtypeStruct, name: str, key) -> jax.Array:
-    if name.endswith("norm_D"):
+def _draw(spec: jax.ShapeDtypeStruct, tensor: Tensor, key) -> jax.Array:
+    if tensor.is_norm:
         return jnp.ones(spec.shape, jnp.float32)
-    if name.startswith("b"):  # biases
+    if tensor.is_bias:
         return jnp.zeros(spec.shape, jnp.float32)
     return _normal(key, spec.shape)
 
 
 def _layer(shapes: LayerParams, key) -> LayerParams:
-    """One layer in f32; each field from its own key."""
-    fields = {name: spec for name, spec in vars(shapes).items() if spec is not None}
-    return shapes.replace(**{name: _draw(spec, name, jax.random.fold_in(key, index))
-                             for index, (name, spec) in enumerate(sorted(fields.items()))})
+    """One layer in f32; each field from its own key (numbered in field-name order)."""
+    tensors = sorted((t for t in LAYER_TENSORS if getattr(shapes, t.field) is not None),
+                     key=lambda t: t.field)
+    return shapes.replace(**{t.field: _draw(getattr(shapes, t.field), t,
+                                            jax.random.fold_in(key, index))
+                             for index, t in enumerate(tensors)})
 
 
 class _DrawnLayers(Sequence):

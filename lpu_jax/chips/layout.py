@@ -20,11 +20,17 @@ class Layout:
     chip order (stage-major). `vocab_rows[s]` is how many each chip of stage s holds, so stages
     with fewer layers can take more of it (chips.memory.MemoryPlan.balanced chooses them); empty means
     equal shares.
+
+    In a mixture of experts the tp chips of a stage form `ep` expert groups: the experts are
+    split ep ways (E / ep whole experts per group) and each expert's columns over the tp / ep
+    chips of its group. ep 1 is tensor-parallel experts (every chip a column slice of every
+    expert), ep = tp expert parallelism (every chip whole experts); see the README.
     """
 
     tp: int = 1
     pp: int = 1
     vocab_rows: tuple[int, ...] = ()
+    ep: int = 1
 
     @property
     def num_chips(self) -> int:
@@ -52,6 +58,7 @@ class Layout:
                 f"{config.num_heads}, num_key_value_heads={config.num_kv_heads}, "
                 f"intermediate_size={config.intermediate_size}); valid: "
                 f"{', '.join(map(str, valid_tp(config)))}")
+        self._check_expert_groups(config)
         if self.vocab_rows and (len(self.vocab_rows) != self.pp or min(self.vocab_rows) < 0
                                 or sum(self.vocab_rows) * self.tp < config.vocab_size):
             raise ValueError(f"vocab_rows {self.vocab_rows} do not hold the "
@@ -60,6 +67,35 @@ class Layout:
         if self.pp > config.num_layers:
             raise UserError(f"--pp={self.pp} is larger than the model's {config.num_layers} "
                             f"layers; use at most {config.num_layers} pipeline stages")
+
+    def describe(self) -> str:
+        return f"tp={self.tp}{f' ep={self.ep}' if self.ep > 1 else ''} pp={self.pp}"
+
+    def splits_experts(self, config: ModelConfig) -> bool:
+        """Whether ep expert groups of tp / ep chips split this model's experts evenly."""
+        try:
+            self._check_expert_groups(config)
+        except UserError:
+            return False
+        return True
+
+    def _check_expert_groups(self, config: ModelConfig) -> None:
+        if self.ep < 1:
+            raise UserError(f"--ep must be >= 1, got {self.ep}")
+        if self.ep == 1:
+            return
+        if not config.num_experts:
+            raise UserError(f"--ep={self.ep} splits a mixture of experts' experts; this model "
+                            "has none (use --tp)")
+        if config.num_experts % self.ep:
+            raise UserError(f"--ep={self.ep} does not divide the model's {config.num_experts} "
+                            "experts (num_local_experts)")
+        if self.tp % self.ep:
+            raise UserError(f"--ep={self.ep} does not divide --tp={self.tp}: the tp chips of a "
+                            "stage form ep expert groups")
+        if config.intermediate_size % (self.tp // self.ep):
+            raise UserError(f"each expert's {config.intermediate_size} columns do not split over "
+                            f"the tp / ep = {self.tp // self.ep} chips of an expert group")
 
     def stage_layers(self, num_layers: int) -> list[range]:
         """The layers of each stage: contiguous, sizes differing by at most one."""
@@ -97,21 +133,22 @@ class Layout:
 
 
 def layouts_within(config: ModelConfig, most_chips: int | None = None,
-                   batch: int | None = None) -> list[Layout]:
+                   batch: int | None = None, ep: int = 1) -> list[Layout]:
     """Every layout that splits the model, of at most `most_chips` chips (None: any), with pp
-    dividing `batch` into equal micro-batches when one is given: fewest chips first, then
-    fewest tp chips (they stay inside a node)."""
+    dividing `batch` into equal micro-batches when one is given and `ep` expert groups:
+    fewest chips first, then fewest tp chips (they stay inside a node)."""
     bound = most_chips or config.num_layers * config.num_heads
-    layouts = [Layout(tp=tp, pp=pp) for tp in valid_tp(config)
+    layouts = [Layout(tp=tp, pp=pp, ep=ep) for tp in valid_tp(config)
                for pp in range(1, min(config.num_layers, bound // tp) + 1)
-               if batch is None or batch % pp == 0]
+               if (batch is None or batch % pp == 0)
+               and Layout(tp=tp, ep=ep).splits_experts(config)]
     return sorted(layouts, key=lambda layout: (layout.num_chips, layout.tp))
 
 
 def valid_tp(config: ModelConfig) -> list[int]:
-    """Chip counts that split the query heads and the MLP evenly and either split the KV heads
-    or hold whole copies of them, as serving engines do beyond the KV head count (the
-    vocabulary is padded)."""
+    """Chip counts that split the query heads and the MLP (every expert's, at ep 1) evenly and
+    either split the KV heads or hold whole copies of them, as serving engines do beyond the KV
+    head count (the vocabulary is padded)."""
     heads, kv = config.num_heads, config.num_kv_heads
     return [t for t in range(1, heads + 1) if heads % t == 0
             and config.intermediate_size % t == 0 and (kv % t == 0 or t % kv == 0)]

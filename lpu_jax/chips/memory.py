@@ -46,15 +46,16 @@ class MemoryPlan:
         self._one_layer, self._norm = stored.layers[0], nbytes(stored.final_norm_D)
         self.row_bytes = ((nbytes(stored.embed_DV) + nbytes(stored.lm_head_DV))
                           / config.vocab_size)  # a token's embedding and LM head columns
-        self._layer: dict[int, int] = {}
+        self._layer: dict[tuple[int, int], int] = {}
 
-    def layer_bytes(self, tp: int) -> int:
-        """One decoder layer's weights on one of its tp chips."""
-        if tp not in self._layer:
-            shares = jax.eval_shape(lambda layer: split_layer(layer, tp, self.config.num_kv_heads),
+    def layer_bytes(self, layout: Layout) -> int:
+        """One decoder layer's weights on one of its stage's tp chips."""
+        key = (layout.tp, layout.ep)
+        if key not in self._layer:
+            shares = jax.eval_shape(lambda layer: split_layer(layer, self.config, layout),
                                     self._one_layer)
-            self._layer[tp] = nbytes(shares) // tp
-        return self._layer[tp]
+            self._layer[key] = nbytes(shares) // layout.tp
+        return self._layer[key]
 
     def kv_bytes_per_layer(self, layout: Layout, sequences: int, context: int) -> int:
         """One layer's K and V caches on one chip, for `sequences` of `context` positions."""
@@ -65,7 +66,7 @@ class MemoryPlan:
     def _stage_bytes(self, layout: Layout, sequences: int, context: int) -> list[tuple[int, int]]:
         """(weights, KV cache) of the first chip of each stage, real layers only."""
         cfg = self.config
-        layer, kv = (self.layer_bytes(layout.tp),
+        layer, kv = (self.layer_bytes(layout),
                      self.kv_bytes_per_layer(layout, sequences, context))
         rows = layout.vocab_shares(cfg.vocab_size)[::layout.tp]
         return [(len(stage) * layer + round(share * self.row_bytes) + self._norm,
@@ -88,7 +89,8 @@ class MemoryPlan:
         if layout.pp == 1:
             return dataclasses.replace(layout, vocab_rows=())
         cfg, tp = self.config, layout.tp
-        per_layer = (self.layer_bytes(tp) + self.kv_bytes_per_layer(layout, sequences, context))
+        per_layer = (self.layer_bytes(layout)
+                     + self.kv_bytes_per_layer(layout, sequences, context))
         loads = [len(stage) * per_layer for stage in layout.stage_layers(cfg.num_layers)]
 
         def rows_at(level: float) -> list[int]:

@@ -13,79 +13,72 @@ from lpu_jax.errors import UserError
 from lpu_jax.model import LayerParams, Params
 from lpu_jax.numerics.formats import QuantizedArray
 from lpu_jax.numerics.matmul import PerChip
-from lpu_jax.numerics.store import ATTENTION_WEIGHTS, MLP_WEIGHTS
-
-
-def _rows(w, tp):
-    """Split the first axis into tp equal slices: [tp, rows / tp, ...].
-
-    A stored weight splits its values and its group or block scales with the rows; a scale per
-    output channel ([1, O]) belongs to every slice.
-    """
-    if w is None:
-        return None
-    if isinstance(w, QuantizedArray):
-        unit = w.format.rows_per_unit
-        if (w.shape[0] // tp) % unit:
-            raise UserError(f"the {w.format.describe()} format keeps {unit} rows together, "
-                            f"which does not divide this model's {w.shape[0]} // {tp} = "
-                            f"{w.shape[0] // tp} rows per chip at tp={tp}: choose another tp "
-                            f"or recipe")
-        return jax.tree.map(lambda a: _copies(a, tp) if a.shape[0] == 1 else _rows(a, tp), w)
-    return w.reshape(tp, w.shape[0] // tp, *w.shape[1:])
-
-
-def _columns(w, tp):
-    """Split the last axis into tp equal slices: [tp, ..., cols / tp]."""
-    if isinstance(w, QuantizedArray):
-        return jax.tree.map(lambda a: _columns(a, tp), w)
-    return jnp.moveaxis(w.reshape(*w.shape[:-1], tp, w.shape[-1] // tp), -2, 0)
-
-
-def _repeat_heads(w, heads, copies):
-    """[..., heads * head_dim] -> [..., heads * copies * head_dim]: each head's block repeated
-    in place, so equal slices give `copies` chips in a row the same head."""
-    if w is None or copies == 1:
-        return w
-    if isinstance(w, QuantizedArray):  # values and per-column scales repeat alike
-        return jax.tree.map(lambda a: _repeat_heads(a, heads, copies), w)
-    blocks = w.reshape(*w.shape[:-1], heads, w.shape[-1] // heads)
-    return jnp.repeat(blocks, copies, axis=-2).reshape(*w.shape[:-1], -1)
+from lpu_jax.parameters import LAYER_TENSORS, STORED_LAYER_TENSORS, Tensor, tp_splits
 
 
 def _copies(w, n):
     return None if w is None else jnp.broadcast_to(w, (n, *w.shape))
 
 
-def split_layer(layer: LayerParams, tp: int, kv_heads: int) -> LayerParams:
-    """One layer -> tp shares, each leaf with a leading [tp] axis.
+def _repeat_heads(a, axis: int, heads: int, copies: int):
+    """[.., heads * head_dim, ..] -> [.., heads * copies * head_dim, ..] along `axis`: each
+    head's block repeated in place, so equal slices give `copies` chips in a row the same head."""
+    shape = a.shape
+    blocks = a.reshape(*shape[:axis], heads, shape[axis] // heads, *shape[axis + 1:])
+    return jnp.repeat(blocks, copies, axis=axis).reshape(*shape[:axis], -1, *shape[axis + 1:])
 
-    Column-parallel projections (q, k, v, gate, up) split their outputs; row-parallel ones (o,
-    down) split their inputs and give partial sums. With more chips than the `kv_heads` KV
-    heads, each KV head's projections are replicated on the tp // kv_heads chips that read it.
+
+def split_tensor(w, tensor: Tensor, config: ModelConfig, layout: Layout):
+    """One layer tensor -> tp shares, each leaf with a leading [tp] axis, as CHIP_AXES says.
+
+    Column-parallel matrices (q, k, v, gate, up) split their outputs; row-parallel ones (o,
+    down) split their inputs and give partial sums; an expert tensor splits its experts over
+    the layout's ep expert groups, then their columns over the chips of a group. With more chips than KV heads, each KV head's features are repeated on
+    the tp // kv_heads chips that read it. A stored weight splits its values and its group or
+    block scales with its rows; a scale shared along a split axis (one per output channel, size
+    1 there) belongs to every share.
     """
-    # Query columns are head-major and query heads are grouped by the KV head they share, so
-    # equal column slices of wq, wk and wv keep every query head with its KV head.
-    copies = max(tp // kv_heads, 1)
+    if w is None:
+        return None
+    tp, shape = layout.tp, tensor.shape(config)
+    if "K" in tensor.axes and tp > config.num_kv_heads:
+        copies = tp // config.num_kv_heads
+        k_axis = tensor.axes.index("K")
+        w = jax.tree.map(lambda a: _repeat_heads(a, k_axis, config.num_kv_heads, copies), w)
+        shape = (*shape[:k_axis], shape[k_axis] * copies, *shape[k_axis + 1:])
+    ways = tp_splits(tensor.axes, shape, tp, layout.ep)
+    if ways is None:
+        return jax.tree.map(lambda a: _copies(a, tp), w)
+    if isinstance(w, QuantizedArray):
+        unit = w.format.rows_per_unit
+        rows, way = shape[-2], ways[-2]
+        if way > 1 and (rows // way) % unit:
+            raise UserError(f"the {w.format.describe()} format keeps {unit} rows together, "
+                            f"which does not divide this model's {rows} // {way} = "
+                            f"{rows // way} rows per chip at tp={tp}: choose another tp or "
+                            f"recipe")
 
-    def kv(w):
-        return _repeat_heads(w, kv_heads, copies)
+    def shares(a):
+        for axis, way in enumerate(ways):  # a size-1 axis (a shared scale) is every chip's
+            if way > 1 and a.shape[axis] == 1:
+                a = jnp.repeat(a, way, axis=axis)
+        # Each split axis n -> (ways, n / ways); the ways axes go first, in order, as one.
+        parts = a.reshape(*[d for n, way in zip(a.shape, ways) for d in (way, n // way)])
+        chips_first = [2 * i for i in range(len(ways))] + [2 * i + 1 for i in range(len(ways))]
+        return parts.transpose(chips_first).reshape(tp, *[n // way for n, way
+                                                          in zip(a.shape, ways)])
 
-    return LayerParams(
-        attn_norm_D=_copies(layer.attn_norm_D, tp),
-        wq_DN=_columns(layer.wq_DN, tp), wk_DK=_columns(kv(layer.wk_DK), tp),
-        wv_DK=_columns(kv(layer.wv_DK), tp),
-        wo_ND=_rows(layer.wo_ND, tp),
-        mlp_norm_D=_copies(layer.mlp_norm_D, tp),
-        w_gate_DF=_columns(layer.w_gate_DF, tp), w_up_DF=_columns(layer.w_up_DF, tp),
-        w_down_FD=_rows(layer.w_down_FD, tp),
-        bq_N=_rows(layer.bq_N, tp), bk_K=_rows(kv(layer.bk_K), tp),
-        bv_K=_rows(kv(layer.bv_K), tp),
-        # Added once after the partial sums are reduced, so every chip holds all of it.
-        bo_D=_copies(layer.bo_D, tp),
-        b_gate_F=_rows(layer.b_gate_F, tp), b_up_F=_rows(layer.b_up_F, tp),
-        b_down_D=_copies(layer.b_down_D, tp),
-    )
+    return jax.tree.map(shares, w)
+
+
+def split_layer(layer: LayerParams, config: ModelConfig, layout: Layout) -> LayerParams:
+    """One layer -> its stage's tp shares, each leaf with a leading [tp] axis.
+
+    Query columns are head-major and query heads are grouped by the KV head they share, so
+    equal column slices of wq, wk and wv keep every query head with its KV head.
+    """
+    return LayerParams(**{t.field: split_tensor(getattr(layer, t.field), t, config, layout)
+                          for t in LAYER_TENSORS})
 
 
 def _identity_layer(like: LayerParams) -> LayerParams:
@@ -107,7 +100,7 @@ def split_params(params: Params, config: ModelConfig, layout: Layout) -> Params:
             identity = _identity_layer(params.layers[0])
         per_stage = [params.layers[stage[slot]] if slot < len(stage) else identity
                      for stage in stages]
-        shares = [split_layer(layer, tp, config.num_kv_heads) for layer in per_stage]
+        shares = [split_layer(layer, config, layout) for layer in per_stage]
         slots.append(jax.tree.map(lambda *leaves: jnp.stack(leaves), *shares))
 
     return Params(
@@ -127,9 +120,10 @@ def split_folded(params: Params, config: ModelConfig, layout: Layout) -> Params:
     every chip, in chip order; the final norm is one copy.
     """
     def layer(w: LayerParams) -> LayerParams:
-        shares = split_layer(w, layout.tp, config.num_kv_heads)
-        return shares.replace(**{name: _blocks(getattr(shares, name), layout.tp)
-                                 for name in ATTENTION_WEIGHTS + MLP_WEIGHTS})
+        shares = split_layer(w, config, layout)
+        return shares.replace(**{t.field: _blocks(getattr(shares, t.field), layout.tp)
+                                 for t in STORED_LAYER_TENSORS
+                                 if getattr(shares, t.field) is not None})
 
     # Each chip's block holds its real rows only: the per-chip program pads every block to
     # the largest (one shape for all chips), which would cost the folded LM head work.
@@ -182,7 +176,7 @@ def abstract_chip_params(stored: Params, config: ModelConfig, layout: Layout) ->
     def one_chip(tree, axes):
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[axes:], a.dtype), tree)
 
-    layer = one_chip(jax.eval_shape(lambda w: split_layer(w, layout.tp, config.num_kv_heads),
+    layer = one_chip(jax.eval_shape(lambda w: split_layer(w, config, layout),
                                     stored.layers[0]), 1)
     vocab = one_chip(jax.eval_shape(lambda e, h: (split_vocab(e, config, layout),
                                                   split_vocab(h, config, layout)),

@@ -29,6 +29,13 @@ def model_flag() -> flags.FlagHolder:
 
 
 @functools.cache
+def ep_flag() -> flags.FlagHolder:
+    return flags.DEFINE_integer("ep", 1, "Expert groups among each stage's tp chips (a mixture "
+                                "of experts): the experts split ep ways, each expert's columns "
+                                "over tp / ep chips; 1 splits every expert over all tp chips, "
+                                "--ep equal to --tp gives each chip whole experts.")
+
+
 def config_flag() -> flags.FlagHolder:
     return flags.DEFINE_string("config", None, "A Hugging Face config.json, or a name from "
                                "configs/models (e.g. Llama-2-7b-hf, Meta-Llama-3-8B).")

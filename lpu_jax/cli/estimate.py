@@ -21,6 +21,7 @@ _CONFIG = common.config_flag()
 _TP = flags.DEFINE_list("tp", ["1"], "Tensor-parallel chips per stage; a list sweeps them, "
                         "e.g. 1,2,4,8.")
 _PP = flags.DEFINE_list("pp", ["1"], "Pipeline stages; a list sweeps them, e.g. 8,16,32.")
+_EP = common.ep_flag()
 _PRECISION = flags.DEFINE_string("precision", "int8-exact", "Precision recipe (name or .toml). "
                                  "int8-exact (int8 weights and activations, int32 sums) is the "
                                  "MXM's int8 mode; bf16 its fp16 mode.")
@@ -72,6 +73,7 @@ class _Question:
     positions: list[int]  # the decode steps' positions
     batch: int | None  # --batch, or None for one stream
     context: int
+    ep: int  # expert groups of every layout
 
     def header(self) -> dict:
         return {"config": self.name, "precision": self.recipe.name,
@@ -121,7 +123,8 @@ def main() -> None:
                         f"{context} must fit the model's context of "
                         f"{config.max_position_embeddings} positions, in that order")
     question = _Question(_CONFIG.value, config, recipe, prompt_len,
-                         sorted({prompt_len, prompt_len + new_tokens - 1}), _BATCH.value, context)
+                         sorted({prompt_len, prompt_len + new_tokens - 1}), _BATCH.value, context,
+                         _EP.value)
     if len(hardware) > 1:
         rows, models = _compare(question, hardware, (tps[0], pps[0]) if explicit else None)
     elif chips is not None:
@@ -159,7 +162,7 @@ def _report(question: _Question, hardware, tp: int, pp: int) -> tuple[dict, obje
     from lpu_jax.chips.memory import MemoryPlan
     from lpu_jax.lpu.deployment import CycleModel, Deployment
 
-    q, layout = question, Layout(tp=tp, pp=pp)
+    q, layout = question, Layout(tp=tp, pp=pp, ep=question.ep)
     layout.check(q.config)
     batch = q.batch or 1
     if q.batch and batch % pp:
@@ -197,9 +200,10 @@ def _chosen(question: _Question, hardware, chips: int,
 
     q = question
     ranked = search(q.config, q.recipe, hardware, chips, _OBJECTIVE.value, q.positions, q.batch,
-                    q.context)
+                    q.context, q.ep)
     if not ranked:
-        fewest = fewest_chips(q.config, q.recipe, hardware, q.positions, q.batch, q.context)
+        fewest = fewest_chips(q.config, q.recipe, hardware, q.positions, q.batch, q.context,
+                              q.ep)
         advice = (_nothing_fits(hardware) if fewest is None
                   else f"the fewest that hold it are {fewest.num_chips} (--tp {fewest.tp} "
                   f"--pp {fewest.pp})")
@@ -245,7 +249,8 @@ def _compare(question: _Question, hardware: list,
         elif _CHIPS.value is not None:
             (row,), (model,), _ = _chosen(q, spec, _CHIPS.value, 1)
         else:
-            fewest = fewest_chips(q.config, q.recipe, spec, q.positions, q.batch, q.context)
+            fewest = fewest_chips(q.config, q.recipe, spec, q.positions, q.batch, q.context,
+                                  q.ep)
             if fewest is None:
                 raise UserError(_does_not_fit(_report(q, spec, 1, 1)[0], q.name, spec))
             row, model = _report(q, spec, fewest.tp, fewest.pp)

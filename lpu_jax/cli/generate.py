@@ -30,6 +30,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
 _TP = flags.DEFINE_integer("tp", 1, "Tensor-parallel emulated chips per stage (split heads, "
                            "MLP columns, vocabulary).")
 _PP = flags.DEFINE_integer("pp", 1, "Pipeline stages (groups of layers), each of --tp chips.")
+_EP = common.ep_flag()
 _FOLD = flags.DEFINE_bool("fold", None, "Fold all chips onto one device (default: one chip per "
                           "device when there are enough devices).")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Emulate this many CPU devices (per "
@@ -153,7 +154,7 @@ def main() -> None:
 
     # Every flag is checked against the hardware, the devices and the model's config before the
     # weights load (the Engine and the CycleModel check them again): a mistake costs a moment.
-    layout = Layout(tp=_TP.value, pp=_PP.value)
+    layout = Layout(tp=_TP.value, pp=_PP.value, ep=_EP.value)
     hardware = emulated.hardware()
     check_chips(hardware, layout)
     precision = load_recipe(_PRECISION.value)
@@ -203,7 +204,7 @@ def main() -> None:
             outputs.stage(dump_path, lambda f: np.save(f, results[0].logits))
         if trace_path is not None:
             emulated.save_trace(cycle_model.last_decode, trace_path,
-                                f"decode, {hardware.name}, tp={_TP.value} pp={_PP.value}",
+                                f"decode, {hardware.name}, {layout.describe()}",
                                 outputs)
     report(model, engine, prompts, results, is_batch, figures)
 

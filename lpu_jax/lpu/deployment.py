@@ -228,7 +228,7 @@ class CycleModel:
         most, most_rate = self.at_most_sequences(steady)
         return {
             "hardware": hw.name,
-            "chips": chips, "tp": layout.tp, "pp": layout.pp,
+            "chips": chips, "tp": layout.tp, "pp": layout.pp, "ep": layout.ep,
             "decode": {
                 "cycles_per_token": (round(sum(s.ticks for s in steps) / len(steps))
                                      if is_lpu else None),
@@ -313,7 +313,8 @@ def describe(emulated: dict) -> str:
     if needed:
         fits += f"; needs {needed['chips']} chips, e.g. --tp {needed['tp']} --pp {needed['pp']}"
     what_if = "".join(f", {name}={value:g}" for name, value in e["what_if"].items())
-    return (f"{e['hardware']}{what_if}, {e['chips']} chip(s) (tp {e['tp']}, pp {e['pp']}): decode "
+    ep = f", ep {e['ep']}" if e["ep"] > 1 else ""
+    return (f"{e['hardware']}{what_if}, {e['chips']} chip(s) (tp {e['tp']}{ep}, pp {e['pp']}): decode "
             f"{cycles}{dec['latency_per_token_s'] * 1e6:,.1f} us/token, "
             f"{dec['tokens_per_s']:,.0f} tokens/s one stream, "
             f"{e['pipeline_full']['tokens_per_s']:,.0f} with the pipeline full"

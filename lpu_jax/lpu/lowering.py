@@ -73,7 +73,7 @@ _NOT_MODELLED = {"conv_general_dilated", "pallas_call", "custom_call", "pure_cal
                  "io_callback", "debug_callback"}
 CLASSIFIED = (_VIEWS | _ELEMENTWISE | set(_CHAINS) | _REDUCTIONS | _SXM | _SORTS
               | _MEM_READS | set(_MEM_WRITES) | set(_CALLS) | _CONTROL | set(COLLECTIVES)
-              | {"dot_general"})
+              | {"dot_general", "ragged_dot_general"})
 
 
 class ScheduleError(UserError):
@@ -318,6 +318,8 @@ class Lowering:
             outs = self._add(nodes, name, FREE, ins, outvars, scope)
         elif name == "dot_general":
             outs = self._product(eqn, ins, nodes, scope, context)
+        elif name == "ragged_dot_general":
+            outs = self._grouped_product(eqn, ins, nodes, scope)
         else:
             outs = self._lower_as(name, eqn, ins, nodes, scope)
         if storage is not None:
@@ -396,6 +398,24 @@ class Lowering:
                 ins[streamed] = dataclasses.replace(ins[streamed],
                                                     producer=context.copies[var].producer)
         return self._add(nodes, "dot_general", work, ins, eqn.outvars, scope)
+
+    def _grouped_product(self, eqn, ins: list[_Value], nodes, scope) -> list[_Value]:
+        """Rows [R, I] grouped over the experts a chip holds [E, I, O] (model.moe's ragged_dot).
+        Which experts the rows pick is known only when the step runs, so the static schedule
+        takes the worst case: min(R, E) experts' weights installed (each row a different
+        expert, at most every expert held), and the R rows streamed through them, evenly
+        (an estimate: a skewed routing streams the same rows through fewer installs)."""
+        (rows, inner), (experts, _, outer) = (v.aval.shape for v in eqn.invars[:2])
+        dims = eqn.params["ragged_dot_dimension_numbers"].dot_dimension_numbers
+        if dims != (((1,), (1,)), ((), ())):
+            raise ScheduleError(f"the cycle model takes ragged dots of rows [R, I] by "
+                                f"[E, I, O] only, not dimension numbers {dims}")
+        installed = max(1, min(rows, experts))
+        work, _ = self.costs.dot((installed, math.ceil(rows / installed), inner),
+                                 (installed, inner, outer), (((2,), (1,)), ((0,), (0,))),
+                                 ins[0].storage, ins[1].storage,
+                                 installable=(False, ins[1].constant))
+        return self._add(nodes, "ragged_dot_general", work, ins, eqn.outvars, scope)
 
     def _inline(self, eqn, ins, nodes, scope) -> tuple[list[_Value], int]:
         jaxpr, consts = _sub_jaxpr(eqn, _CALLS[eqn.primitive.name])

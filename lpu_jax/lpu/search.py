@@ -39,14 +39,14 @@ class Candidate:
 
 def search(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, chips: int,
            objective: str, positions: list[int], batch: int | None,
-           context: int) -> list[Candidate]:
+           context: int, ep: int = 1) -> list[Candidate]:
     """Every layout of at most `chips` chips that fits, the best first (ties: fewer chips,
     then fewer tp chips). Only what fitting and the rank need is scheduled; a candidate's
     model.report gives the rest."""
     plan, room = MemoryPlan(config, recipe), capacity(hardware)
     sequences, chips = batch or 1, min(chips, most_chips(hardware) or chips)
     ranked = []
-    for layout in layouts_within(config, chips, batch):
+    for layout in layouts_within(config, chips, batch, ep):
         layout = plan.fitting(layout, sequences, context, room)
         if layout is None:
             continue
@@ -58,12 +58,13 @@ def search(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec, chips: i
 
 
 def fewest_chips(config: ModelConfig, recipe: Recipe, hardware: HardwareSpec,
-                 positions: list[int], batch: int | None, context: int) -> Layout | None:
+                 positions: list[int], batch: int | None, context: int,
+                 ep: int = 1) -> Layout | None:
     """The layout with the fewest chips that fits, activations included (fewer tp chips on a
     tie), or None: the layouts in that order, by arithmetic first, then scheduled."""
     plan, room = MemoryPlan(config, recipe), capacity(hardware)
     sequences = batch or 1
-    for layout in layouts_within(config, most_chips(hardware), batch):
+    for layout in layouts_within(config, most_chips(hardware), batch, ep):
         layout = plan.fitting(layout, sequences, context, room)
         if layout is None:
             continue

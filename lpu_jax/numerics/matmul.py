@@ -71,68 +71,90 @@ class MatmulPolicy:
                 and isinstance(w, QuantizedArray) and w.format.kind in ("int8", "int4"))
 
 
-def _token_scale(x: Array, limit: float, axis_name: str | None) -> Array:
-    """One scale per token [..., 1]: its largest |x| (over all chips holding a slice) -> limit."""
-    largest = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
-    if axis_name is not None:
-        largest = jax.lax.pmax(largest, axis_name)
+def _token_scale(x: Array, limit: float, axis_name: str | None,
+                 largest: Array | None = None) -> Array:
+    """One scale per token [..., 1]: its largest |x| (over all chips holding a slice) -> limit.
+    `largest` gives each token's largest |x| where the caller has reduced it itself."""
+    if largest is None:
+        largest = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+        if axis_name is not None:
+            largest = jax.lax.pmax(largest, axis_name)
     return largest / limit
 
 
-def _int8_per_token(x: Array, axis_name: str | None) -> tuple[Array, Array]:
+def _int8_per_token(x: Array, axis_name: str | None,
+                    largest: Array | None = None) -> tuple[Array, Array]:
     """x = q * scale with q int8 in [-127, 127] and one scale per token."""
-    scale = _token_scale(x, 127.0, axis_name)
+    scale = _token_scale(x, 127.0, axis_name, largest)
     q = jnp.clip(jnp.round(jnp.where(scale > 0, x / jnp.where(scale > 0, scale, 1.0), 0.0)),
                  -127, 127)
     return q.astype(jnp.int8), scale
 
 
-def round_activations(x: Array, fmt: str, axis_name: str | None = None) -> Array:
+def round_activations(x: Array, fmt: str, axis_name: str | None = None,
+                      largest: Array | None = None) -> Array:
     """x as the format would carry it, back in f32. axis_name: chips holding slices of the same
-    vectors, which share one per-token scale."""
+    vectors, which share one per-token scale (or `largest`, each token's largest |x|)."""
     if fmt == "f32":
         return x
     if fmt in ("bf16", "f16"):
         return x.astype(FLOAT_DTYPES[fmt]).astype(jnp.float32)
     if fmt == "int8":
-        q, scale = _int8_per_token(x, axis_name)
+        q, scale = _int8_per_token(x, axis_name, largest)
         return q.astype(jnp.float32) * scale
-    scale = _token_scale(x, float(jnp.finfo(FLOAT_DTYPES[fmt]).max), axis_name)
+    scale = _token_scale(x, float(jnp.finfo(FLOAT_DTYPES[fmt]).max), axis_name, largest)
     safe = jnp.where(scale > 0, scale, 1.0)
     return saturating_cast(x / safe, FLOAT_DTYPES[fmt]).astype(jnp.float32) * safe
 
 
-def exact_integer_dot(q_x: Array, q_w: Array) -> Array:
-    """sum_i x[..., i] w[i, o] for int8 x and w in [-127, 127], exactly, as int32.
+def _dot(x: Array, w: Array, groups: Array | None, accumulator=jnp.float32) -> Array:
+    """x [..., I] @ w [I, O]; with `groups`, x's rows [R, I] taken in runs of groups[e] rows,
+    each run times its own w[e] ([E, I, O]); rows past the runs give zeros."""
+    if groups is None:
+        return jnp.einsum("...i,io->...o", x, w, preferred_element_type=accumulator)
+    return jax.lax.ragged_dot(x, w, groups, preferred_element_type=accumulator)
+
+
+def _per_row(scale: Array, groups: Array | None, rows: int) -> Array:
+    """A per-output-channel scale ([O], or [E, O] for grouped weights) as the rows of a product
+    take it: one for all rows, or with `groups` each row its own group's [R, O]."""
+    if groups is None:
+        return scale
+    group_of_row = jnp.sum(jnp.arange(rows)[:, None] >= jnp.cumsum(groups)[None, :], axis=1)
+    return jnp.take(scale, jnp.minimum(group_of_row, scale.shape[0] - 1), axis=0)
+
+
+def exact_integer_dot(q_x: Array, q_w: Array, groups: Array | None = None) -> Array:
+    """sum_i x[..., i] w[i, o] for int8 x and w in [-127, 127], exactly, as int32 (with
+    `groups`, grouped as _dot takes them).
 
     XLA:CPU runs int8 dots 10-30x slower than f32 ones, so there the sum is taken in f32 over
     chunks that cannot round (see EXACT_F32_CHUNK) and the chunks are added in int32; elsewhere
     an int8 dot with an int32 accumulator. Both give the same integers.
     """
     if jax.default_backend() != "cpu":
-        return jnp.einsum("...i,io->...o", q_x, q_w, preferred_element_type=jnp.int32)
+        return _dot(q_x, q_w, groups, jnp.int32)
     total = None
     for start in range(0, q_x.shape[-1], EXACT_F32_CHUNK):
         chunk = slice(start, start + EXACT_F32_CHUNK)
-        part = jnp.einsum("...i,io->...o", q_x[..., chunk].astype(jnp.float32),
-                          q_w[chunk].astype(jnp.float32),
-                          preferred_element_type=jnp.float32).astype(jnp.int32)
+        part = _dot(q_x[..., chunk].astype(jnp.float32),
+                    q_w[..., chunk, :].astype(jnp.float32), groups).astype(jnp.int32)
         total = part if total is None else total + part
     return total
 
 
-def _narrow_dot(x: Array, w: Array, chunk: int) -> Array:
+def _narrow_dot(x: Array, w: Array, chunk: int, groups: Array | None = None) -> Array:
     """f32 products per chunk of the input axis, the running sum rounded to bf16 per chunk."""
     rows = x.shape[-1]
     pad = -rows % chunk
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-    w = jnp.pad(w, ((0, pad), (0, 0)))
+    w = jnp.pad(w, [(0, 0)] * (w.ndim - 2) + [(0, pad), (0, 0)])
     chunks = (rows + pad) // chunk
     x_chunks = jnp.moveaxis(x.reshape(*x.shape[:-1], chunks, chunk), -2, 0)
-    w_chunks = w.reshape(chunks, chunk, w.shape[-1])
+    w_chunks = jnp.moveaxis(w.reshape(*w.shape[:-2], chunks, chunk, w.shape[-1]), -3, 0)
 
     def add_chunk(total, xw):
-        part = jnp.einsum("...i,io->...o", *xw, preferred_element_type=jnp.float32)
+        part = _dot(*xw, groups)
         return (total.astype(jnp.float32) + part).astype(jnp.bfloat16), None
 
     total0 = jnp.zeros((*x.shape[:-1], w.shape[-1]), jnp.bfloat16)
@@ -155,9 +177,10 @@ class PerChip:
     axis: str = struct.field(pytree_node=False, default="tp")  # the vmapped axis of its chips
 
 
-def _on_each_chip(product, x: Array, w) -> Array:
+def _on_each_chip(product, x, w) -> Array:
     """product(x, w) with this chip's weight; for a PerChip weight, under vmap over its chips,
-    each chip's x with its own block (jax.custom_batching), the results stacked like vmap's."""
+    each chip's x (a pytree) with its own block (jax.custom_batching), the results stacked like
+    vmap's."""
     if not isinstance(w, PerChip):
         return product(x, w)
 
@@ -171,7 +194,8 @@ def _on_each_chip(product, x: Array, w) -> Array:
         x_batched, blocks_batched, _ = in_batched
         if axis_size != len(blocks) or any(jax.tree.leaves(blocks_batched)):
             raise ValueError(f"{len(blocks)} chips' weights read under vmap over {axis_size}")
-        outs = [product(x[chip] if x_batched else x, block) for chip, block in enumerate(blocks)]
+        outs = [product(jax.tree.map(lambda a, mapped: a[chip] if mapped else a, x, x_batched),
+                        block) for chip, block in enumerate(blocks)]
         return jnp.stack(outs), True
 
     # The chip's index is mapped over the chips' axis: the rule runs even where x is the same on
@@ -179,45 +203,58 @@ def _on_each_chip(product, x: Array, w) -> Array:
     return each(x, w.blocks, jax.lax.axis_index(w.axis))
 
 
-def _first_block(w):
+def one_chip(w):
+    """One chip's weight (for its shape): a PerChip weight's first block, or w."""
     return w.blocks[0] if isinstance(w, PerChip) else w
 
 
+def sum_partials(y: Array, sum_axis: str, link: str) -> Array:
+    """The chips' partial sums added (psum), crossing chips in the `link` format."""
+    with jax.named_scope("links"):
+        return jax.lax.psum(round_activations(y, link), sum_axis)
+
+
 def matmul(x: Array, w: Stored | PerChip, policy: MatmulPolicy, sum_axis: str | None = None,
-           link: str = "f32") -> Array:
+           link: str = "f32", groups: Array | None = None,
+           largest: Array | None = None) -> Array:
     """x [..., I] @ w [I, O] -> f32 [..., O] under `policy`.
 
     sum_axis names the chips that each hold a slice of the input axis (a row-parallel
     projection): their partial sums are added with psum, crossing chips in the `link` format
     (int32 sums cross exactly, as integers).
+
+    With `groups` [E], x is rows [R, I] in runs of groups[e] rows and w one matrix per run
+    [E, I, O] (the experts a chip holds, see model.moe); rows past the runs give zeros.
+    `largest` [R, 1] is each row's largest |x| for per-token activation formats, where the
+    caller reduced it over chips holding slices of a row.
     """
     if policy.accumulation == "int32":
-        first = _first_block(w)
+        first = one_chip(w)
         if not isinstance(first, QuantizedArray) or first.format.kind != "int8":
             raise ValueError("int32 accumulation needs the weight stored as int8")
-        q_x, x_scale = _int8_per_token(x, sum_axis)
-        total = _on_each_chip(lambda q, w: exact_integer_dot(q, w.values), q_x, w)
+        q_x, x_scale = _int8_per_token(x, sum_axis, largest)
+        total = _on_each_chip(lambda qg, w: exact_integer_dot(qg[0], w.values, qg[1]),
+                              (q_x, groups), w)
         if sum_axis is not None:
             with jax.named_scope("links"):
                 total = jax.lax.psum(total, sum_axis)
-        channel_scale = _on_each_chip(lambda _, w: w.scales[..., 0, :], x_scale, w)
+        channel_scale = _on_each_chip(lambda g, w: _per_row(w.scales[..., 0, :], g, x.shape[0]),
+                                      groups, w)
         return total.astype(jnp.float32) * x_scale * channel_scale
 
-    def product(x, w):
+    def product(x_and_groups, w):
+        x, groups = x_and_groups
         values, channel_scale = widened_with_scale(w)
-        if policy.uses_kernel(w):
+        if policy.uses_kernel(w) and groups is None:
             flat = quantized_matmul(x.reshape(-1, x.shape[-1]), w,
                                     interpret=policy.kernel == "pallas-interpret")
             y, channel_scale = flat.reshape(*x.shape[:-1], flat.shape[-1]), None
         elif policy.accumulation == "bf16":
-            y = _narrow_dot(x, values, policy.chunk)
+            y = _narrow_dot(x, values, policy.chunk, groups)
         else:
-            y = jnp.einsum("...i,io->...o", x, values, preferred_element_type=jnp.float32)
-        return y if channel_scale is None else y * channel_scale
+            y = _dot(x, values, groups)
+        return y if channel_scale is None else y * _per_row(channel_scale, groups, x.shape[0])
 
-    y = _on_each_chip(product, round_activations(x.astype(jnp.float32), policy.inputs,
-                                                 sum_axis), w)
-    if sum_axis is not None:
-        with jax.named_scope("links"):
-            y = jax.lax.psum(round_activations(y, link), sum_axis)
-    return y
+    x = round_activations(x.astype(jnp.float32), policy.inputs, sum_axis, largest)
+    y = _on_each_chip(product, (x, groups), w)
+    return y if sum_axis is None else sum_partials(y, sum_axis, link)

@@ -7,6 +7,7 @@ not know is an error, so a typo cannot silently fall back to f32:
     [embedding]         weights (+ group_size | block, mantissa_bits)
     [attention]         q, k, v and o projections: weights (+ options), inputs, accumulation, chunk
     [mlp]               gate, up and down projections: the same keys
+    [experts]           a mixture of experts' gate, up and down projections (default: [mlp]'s)
     [lm_head]           the same keys (a tied model stores one tensor: give it the embedding's format)
     [kv_cache]          format: f32 | bf16 | f16 | fp8-e4m3 | fp8-e5m2
     [links]             format of activations passed between chips: an activation format
@@ -25,6 +26,7 @@ from lpu_jax.textfiles import read_toml, shipped, shipped_or_path
 FORMAT_KEYS = ("weights", "group_size", "block", "mantissa_bits")
 MATMUL_KEYS = FORMAT_KEYS + ("inputs", "accumulation", "chunk")
 LOGITS_FORMATS = ("f32", "bf16")
+MATMUL_CLASSES = ("attention", "mlp", "experts", "lm_head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,19 @@ class Recipe:
     kv_cache: str = "f32"
     links: str = "f32"
     attention_logits: str = "f32"
+    experts: MatmulPolicy | None = None  # None: as the MLP
+
+    def __post_init__(self):
+        if self.experts is None:
+            object.__setattr__(self, "experts", self.mlp)
+
+    def policy(self, tensor_class: str) -> MatmulPolicy:
+        """The matmul policy of a tensor class (numerics/store.py's classes but the embedding)."""
+        return getattr(self, tensor_class)
+
+    def weights(self, tensor_class: str) -> Format:
+        """The storage format of a tensor class (lpu_jax/parameters.py's tensor_class)."""
+        return self.embedding if tensor_class == "embedding" else self.policy(tensor_class).weights
 
     @property
     def kv_cache_dtype(self):
@@ -51,7 +66,7 @@ class Recipe:
         """The same recipe with every matmul class using `kernel` (see MatmulPolicy)."""
         return dataclasses.replace(self, **{
             name: dataclasses.replace(getattr(self, name), kernel=kernel)
-            for name in ("attention", "mlp", "lm_head")})
+            for name in MATMUL_CLASSES})
 
     def as_dict(self) -> dict:
         def policy(p: MatmulPolicy) -> dict:
@@ -59,8 +74,7 @@ class Recipe:
                    "accumulation": p.accumulation}
             return {**out, "chunk": p.chunk} if p.accumulation == "bf16" else out
         return {"name": self.name, "embedding": self.embedding.describe(),
-                "attention": policy(self.attention), "mlp": policy(self.mlp),
-                "lm_head": policy(self.lm_head), "kv_cache": self.kv_cache,
+                **{name: policy(self.policy(name)) for name in MATMUL_CLASSES}, "kv_cache": self.kv_cache,
                 "links": self.links, "attention_logits": self.attention_logits}
 
 
@@ -131,7 +145,7 @@ def _one_of(choices: tuple[str, ...]):
 
 
 _SECTIONS = {
-    "embedding": _embedding, "attention": _matmul, "mlp": _matmul, "lm_head": _matmul,
+    "embedding": _embedding, **{name: _matmul for name in MATMUL_CLASSES},
     "kv_cache": _one_of(tuple(FLOAT_DTYPES)), "links": _one_of(ACTIVATION_FORMATS),
     "attention_logits": _one_of(LOGITS_FORMATS),
 }

@@ -15,9 +15,7 @@ from lpu_jax.numerics.formats import (QuantizedArray, Stored, dequantize, has_ch
                                       nbytes, quantize)
 from lpu_jax.numerics.matmul import PerChip
 from lpu_jax.numerics.recipe import Recipe
-
-ATTENTION_WEIGHTS = ("wq_DN", "wk_DK", "wv_DK", "wo_ND")
-MLP_WEIGHTS = ("w_gate_DF", "w_up_DF", "w_down_FD")
+from lpu_jax.parameters import STORED_LAYER_TENSORS
 
 
 def _check_tied(params: Params, recipe: Recipe):
@@ -38,12 +36,16 @@ def store_params(params: Params, recipe: Recipe) -> Params:
                           lm_head_DV=lm_head)
 
 
+def _matrices(p: LayerParams):
+    """(field, tensor class, value) of a layer's matrices, those stored in a recipe's formats."""
+    return [(t.field, t.tensor_class, getattr(p, t.field)) for t in STORED_LAYER_TENSORS
+            if getattr(p, t.field) is not None]
+
+
 def store_layer(p: LayerParams, recipe: Recipe) -> LayerParams:
     """One layer's matrices in their classes' storage formats."""
-    stored = {name: quantize(getattr(p, name), recipe.attention.weights)
-              for name in ATTENTION_WEIGHTS}
-    stored.update({name: quantize(getattr(p, name), recipe.mlp.weights) for name in MLP_WEIGHTS})
-    return p.replace(**stored)
+    return p.replace(**{field: quantize(w, recipe.weights(tensor_class))
+                        for field, tensor_class, w in _matrices(p)})
 
 
 _widen_values = jax.jit(lambda w: w.replace(values=w.values.astype(jnp.float32)))
@@ -74,8 +76,7 @@ def execution_copy(stored: Params) -> Params:
     tied embedding also serves as the LM head: the copy gets its own widened head.
     """
     def layer(p: LayerParams) -> LayerParams:
-        return p.replace(**{name: _executable(getattr(p, name))
-                            for name in ATTENTION_WEIGHTS + MLP_WEIGHTS})
+        return p.replace(**{field: _executable(w) for field, _, w in _matrices(p)})
 
     head = stored.embed_DV if stored.lm_head_DV is None else stored.lm_head_DV
     return stored.replace(layers=tuple(layer(p) for p in stored.layers),

@@ -1,0 +1,228 @@
+"""Mixtral-architecture mixtures of experts: against transformers, across chip layouts (tp, ep,
+pp, both placements), from GGUF, and sized by the cycle model.
+
+(Logits and greedy tokens against transformers for the two tiny Mixtral variants run in
+test_parity_hf with every other variant.)
+"""
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lpu_jax.checkpoint import load_model
+from lpu_jax.chips.layout import Layout
+from lpu_jax.chips.memory import MemoryPlan
+from lpu_jax.config import ModelConfig
+from lpu_jax.engine.generate import Engine
+from lpu_jax.model import expert_choices, forward_logits
+from lpu_jax.numerics.formats import QuantizedArray
+from lpu_jax.numerics.recipe import load_recipe
+from tests import tiny_models
+from tests.cli_forks import run_each
+from tests.gguf_files import gguf_from_hf
+from tests.test_cli import GENERATE, assert_user_error
+from tests.test_parity_hf import assert_logits_match
+
+MOE = ("moe4_top1", "moe8_top2")
+
+
+def transformers_choices(reference, ids: list[int]) -> np.ndarray:
+    """The experts transformers' router picks for each token in each layer [L, T, k]."""
+    import torch
+
+    k = reference.config.num_experts_per_tok
+    with torch.no_grad():
+        out = reference(torch.tensor([ids]), output_router_logits=True)
+    return np.stack([torch.topk(torch.softmax(logits.float(), -1), k).indices.numpy()
+                     for logits in out.router_logits])
+
+
+@pytest.mark.parametrize("variant", MOE)
+def test_selected_experts_equal_transformers_in_every_layer(tiny_checkpoints, variant):
+    path = tiny_checkpoints.get(variant)
+    model = load_model(path)
+    ids = tiny_models.random_prompt(64, seed=5)
+    ours = np.asarray(expert_choices(model.params, model.config, jnp.asarray([ids])))
+    theirs = transformers_choices(tiny_models.reference_model(path), ids)
+    assert ours.shape == theirs.shape == (model.config.num_layers, 64,
+                                          model.config.experts_per_token)
+    np.testing.assert_array_equal(ours, theirs)
+    assert len(np.unique(ours)) > 1  # the routing is not trivially one expert
+
+
+def steered_checkpoint(tiny_checkpoints, tmp_path, route: str):
+    """A copy of moe8_top2 whose router sends every token to experts 0 (then 1), or token t to
+    expert t mod 8 (then the next): a strong direction in each embedding that the router reads."""
+    import safetensors.numpy
+
+    source = tiny_checkpoints.get("moe8_top2")
+    path = tmp_path / route
+    shutil.copytree(source, path)
+    tensors = safetensors.numpy.load_file(source / "model.safetensors")
+    config = json.loads((source / "config.json").read_text())
+    embed = tensors["model.embed_tokens.weight"].copy()
+    vocab, experts = embed.shape[0], config["num_local_experts"]
+    hidden = embed.shape[1]
+    for token in range(vocab):
+        first = 0 if route == "one_expert" else token % experts
+        embed[token, :experts] = 0.0
+        embed[token, first] = 40.0
+        embed[token, (first + 1) % experts] = 20.0
+    tensors["model.embed_tokens.weight"] = embed
+    for i in range(config["num_hidden_layers"]):
+        router = np.zeros((experts, hidden), np.float32)
+        router[np.arange(experts), np.arange(experts)] = 3.0
+        tensors[f"model.layers.{i}.block_sparse_moe.gate.weight"] = router
+    safetensors.numpy.save_file(tensors, path / "model.safetensors")
+    return path
+
+
+@pytest.mark.parametrize("route", ["one_expert", "spread"])
+def test_prefill_is_exact_when_every_token_routes_alike_or_evenly(tiny_checkpoints, tmp_path,
+                                                                  route):
+    path = steered_checkpoint(tiny_checkpoints, tmp_path, route)
+    reference = tiny_models.reference_model(path)
+    model = load_model(path)
+    ids = list(range(64))  # every token id mod 8 equally often
+    theirs = transformers_choices(reference, ids)
+    first_choice = theirs[0, :, 0]
+    if route == "one_expert":
+        assert (theirs[:, :, 0] == 0).all() and (theirs[:, :, 1] == 1).all()
+    else:
+        assert np.bincount(first_choice, minlength=8).tolist() == [8] * 8
+    ours = np.asarray(expert_choices(model.params, model.config, jnp.asarray([ids])))
+    np.testing.assert_array_equal(ours, theirs)
+    reference_logits = tiny_models.reference_logits(reference, ids)
+    assert_logits_match(np.asarray(forward_logits(model.params, model.config,
+                                                  jnp.asarray([ids]))[0]), reference_logits)
+    # The prefill of every layout: its first token's logits are the last position's.
+    for layout, fold in [(Layout(tp=4, ep=4), False), (Layout(tp=8, pp=2, ep=2), True)]:
+        result = Engine(model, layout=layout, fold=fold).generate(ids, 1, keep_logits=True)
+        assert_logits_match(result.logits[0], reference_logits[-1])
+
+
+def generate(model, prompt, **engine_args):
+    return Engine(model, **engine_args).generate(prompt, 16, stop_token_ids=(),
+                                                 keep_logits=True)
+
+
+# tp with every expert split over the chips (ep 1), expert groups (1 < ep < tp), whole experts
+# per chip (ep = tp), and tp 8 on 4 experts (each expert's columns over 2 chips); pipelines of
+# 2 and 3 stages; one chip per device and folded.
+LAYOUTS = {
+    "moe4_top1": [(Layout(tp=2), False), (Layout(tp=8, ep=4), True),
+                  (Layout(tp=4, pp=3, ep=2), False)],
+    "moe8_top2": [(Layout(tp=8, ep=8), False), (Layout(tp=4, pp=2), True),
+                  (Layout(tp=2, pp=3, ep=2), True)],
+}
+
+
+@pytest.mark.parametrize("variant", MOE)
+def test_every_layout_gives_the_one_chip_answer(tiny_checkpoints, variant):
+    model = load_model(tiny_checkpoints.get(variant))
+    prompt = tiny_models.random_prompt(11, seed=6)
+    single = generate(model, prompt)
+    for layout, fold in LAYOUTS[variant]:
+        other = generate(model, prompt, layout=layout, fold=fold)
+        assert other.tokens == single.tokens, (layout, fold)
+        scale = np.abs(single.logits).max()
+        assert np.abs(other.logits - single.logits).max() / scale < 1e-5, (layout, fold)
+
+
+def test_200_decode_tokens_compile_nothing_new(tiny_checkpoints):
+    engine = Engine(load_model(tiny_checkpoints.get("moe8_top2")), layout=Layout(tp=2, ep=2),
+                    fold=True)
+    result = engine.generate(tiny_models.random_prompt(9, seed=7), 200, stop_token_ids=())
+    assert len(result.tokens) == 200 and engine.compile_count == 2  # one prefill, one decode
+
+
+def test_a_gguf_of_the_checkpoint_gives_the_same_model(tiny_checkpoints, tmp_path):
+    path = tiny_checkpoints.get("moe8_top2")
+    from_hf = load_model(path)
+    from_gguf = load_model(gguf_from_hf(path, tmp_path / "moe.gguf"))
+    assert from_gguf.config == ModelConfig.from_hf_dict(
+        {**json.loads((path / "config.json").read_text()), "bos_token_id": None,
+         "eos_token_id": None})
+    for ours, theirs in zip(from_gguf.params.layers[1].__dict__.values(),
+                            from_hf.params.layers[1].__dict__.values()):
+        if ours is not None:
+            np.testing.assert_array_equal(ours, theirs)
+    prompt = tiny_models.random_prompt(9, seed=8)
+    assert (generate(from_gguf, prompt, layout=Layout(tp=4, ep=2)).tokens
+            == generate(from_hf, prompt).tokens)
+
+
+def test_expert_weights_take_the_experts_class_of_a_recipe(tiny_checkpoints, tmp_path):
+    model = load_model(tiny_checkpoints.get("moe4_top1"))
+    # A shipped TruePoint recipe stores expert weights in block floating point (Groq's policy
+    # for MoE weights), the rest as before; a recipe without [experts] follows [mlp].
+    truepoint = Engine(model, precision="truepoint-int8").stored_params.layers[0]
+    assert truepoint.w_gate_EDF.format.kind == "bfp" and truepoint.wq_DN.format.kind == "int8"
+    assert load_recipe("int8-exact").experts == load_recipe("int8-exact").mlp
+    recipe = tmp_path / "experts-int4.toml"
+    recipe.write_text('[experts]\nweights = "int4"\ngroup_size = 32\n')
+    stored = Engine(model, precision=str(recipe)).stored_params.layers[0]
+    assert isinstance(stored.w_down_EFD, QuantizedArray)
+    assert stored.w_down_EFD.format.kind == "int4" and stored.wq_DN.dtype == np.float32
+    # [pp, tp, experts, rows, columns]: two int4 values per byte
+    assert stored.w_down_EFD.values.shape == (1, 1, 4, 96 // 2, 64)
+
+
+def test_memory_per_chip_counts_the_experts_each_chip_holds():
+    """lpu-estimate's weights per chip for Mixtral-8x7B against an arithmetic count."""
+    config = ModelConfig.shipped_or_file("Mixtral-8x7B-v0.1")
+    d, f, experts = config.hidden_size, config.intermediate_size, config.num_experts
+    plan = MemoryPlan(config, load_recipe("int8-exact"))
+    for tp, ep in [(8, 1), (8, 8), (8, 2), (16, 8), (32, 4)]:
+        # int8 values and one f32 scale per output channel of each chip's slice; beyond 8
+        # chips each KV head is on several; norms and the router whole on every chip, in f32.
+        experts_here, columns_here = experts // ep, f // (tp // ep)
+        expert_bytes = experts_here * (2 * (d * columns_here + 4 * columns_here)
+                                       + (columns_here * d + 4 * d))
+        q_columns = config.num_heads * config.head_dim // tp
+        kv_columns = max(config.num_kv_heads // tp, 1) * config.head_dim
+        attention_bytes = ((d + 4) * (q_columns + 2 * kv_columns)  # q, k, v
+                           + (q_columns + 4) * d)  # o
+        router_and_norms = 4 * d * experts + 2 * 4 * d
+        assert plan.layer_bytes(Layout(tp=tp, ep=ep)) == (expert_bytes + attention_bytes
+                                                          + router_and_norms), (tp, ep)
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory, tiny_checkpoints):
+    import safetensors.numpy
+
+    good = tiny_checkpoints.get("moe8_top2")
+    root = tmp_path_factory.mktemp("moe_bad")
+    missing, too_many = root / "missing_expert", root / "too_many_chosen"
+    shutil.copytree(good, missing)
+    tensors = safetensors.numpy.load_file(good / "model.safetensors")
+    del tensors["model.layers.2.block_sparse_moe.experts.5.w3.weight"]
+    safetensors.numpy.save_file(tensors, missing / "model.safetensors")
+    shutil.copytree(good, too_many)
+    config = json.loads((good / "config.json").read_text())
+    (too_many / "config.json").write_text(json.dumps({**config, "num_experts_per_tok": 9}))
+    cases = {
+        "missing": ["--model", str(missing), "--prompt_ids", "1,2"],
+        "too_many": ["--model", str(too_many), "--prompt_ids", "1,2"],
+        "ep_experts": ["--model", str(good), "--prompt_ids", "1,2", "--tp", "8", "--ep", "3"],
+        "ep_tp": ["--model", str(good), "--prompt_ids", "1,2", "--tp", "2", "--ep", "4"],
+        "ep_dense": ["--model", str(tiny_checkpoints.get("mha")), "--prompt_ids", "1,2",
+                     "--tp", "2", "--ep", "2"],
+    }
+    runs = run_each(GENERATE, list(cases.values()))
+    return {name: runs[tuple(args)] for name, args in cases.items()}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "checkpoint lacks tensor 'model.layers.2.block_sparse_moe.experts.5.w3.weight'"),
+    ("too_many", "num_experts_per_tok=9 must be between 1 and num_local_experts=8"),
+    ("ep_experts", "--ep=3 does not divide the model's 8 experts"),
+    ("ep_tp", "--ep=4 does not divide --tp=2"),
+    ("ep_dense", "--ep=2 splits a mixture of experts' experts; this model has none"),
+])
+def test_bad_input_gets_one_line(bad_runs, case, message):
+    assert_user_error(bad_runs[case], message)
