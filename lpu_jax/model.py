@@ -60,9 +60,11 @@ class LayerParams:
     w_up_DF: Stored | None = None
     w_down_FD: Stored | None = None
     router_DR: Array | None = None  # f32: routing is computed in f32, as transformers does
-    w_gate_EDF: Stored | None = None  # the experts this chip holds, [E, D, F] (F: its columns)
-    w_up_EDF: Stored | None = None
-    w_down_EFD: Stored | None = None
+    # The experts: [E, D, F] whole; on a chip, a tuple of the ones it holds, each [D, F] (its
+    # columns of them) in a buffer of its own (chips/split.py).
+    w_gate_EDF: Stored | tuple | None = None
+    w_up_EDF: Stored | tuple | None = None
+    w_down_EFD: Stored | tuple | None = None
     # Present only when the config asks for biases (attention_bias / mlp_bias); None otherwise.
     bq_N: Array | None = None
     bk_K: Array | None = None
@@ -239,10 +241,10 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
     chosen experts' SwiGLUs.
 
     Every chip holds every token and the whole router, and routes them all; it runs only the
-    experts it holds (chips/split.py: E / tp each, or a slice of one expert's columns), on the
+    experts it holds (chips/split.py: E / ep of them, its tp / ep-th of their columns), on the
     (token, choice) pairs routed to them, grouped by expert with static shapes: the pairs are
-    sorted by expert and each expert multiplies its run (ragged_dot), the pairs of experts held
-    elsewhere falling past the runs. The partial outputs are added over the tp chips with the
+    sorted by expert and each expert multiplies its run (numerics.matmul.grouped_dot), the
+    pairs of experts held elsewhere falling past the runs. The partial outputs are added over the tp chips with the
     same psum as the dense MLP's down projection. No token is dropped and no shape depends on
     the routing, so one compiled step serves every routing.
     """
@@ -252,7 +254,8 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
     with jax.named_scope("moe/router"):
         expert_MK, weight_MK = route(layer.router_DR, x_MD, k)
     with jax.named_scope("moe/dispatch"):
-        experts_here, _, columns_here = one_chip(layer.w_gate_EDF).shape
+        gate_here = one_chip(layer.w_gate_EDF)  # this chip's experts
+        experts_here, columns_here = len(gate_here), gate_here[0].shape[-1]
         chips_per_expert = cfg.intermediate_size // columns_here
         chip = jax.lax.axis_index(tp_axis) if tp_axis is not None else 0
         local_R = expert_MK.reshape(-1) - (chip // chips_per_expert) * experts_here

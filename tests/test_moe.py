@@ -98,10 +98,27 @@ def test_prefill_is_exact_when_every_token_routes_alike_or_evenly(tiny_checkpoin
     reference_logits = tiny_models.reference_logits(reference, ids)
     assert_logits_match(np.asarray(forward_logits(model.params, model.config,
                                                   jnp.asarray([ids]))[0]), reference_logits)
-    # The prefill of every layout: its first token's logits are the last position's.
+    # The prefill of layouts (64 tokens x 2 choices: each chip's experts multiply every pair,
+    # numerics.matmul.grouped_dot): its first token's logits are the last position's.
     for layout, fold in [(Layout(tp=4, ep=4), False), (Layout(tp=8, pp=2, ep=2), True)]:
         result = Engine(model, layout=layout, fold=fold).generate(ids, 1, keep_logits=True)
         assert_logits_match(result.logits[0], reference_logits[-1])
+
+
+@pytest.mark.parametrize("rows", [3, 40])  # decode (each row picks its expert), prefill (masked)
+def test_grouped_dot_equals_ragged_dot(rows):
+    import jax
+
+    from lpu_jax.numerics.matmul import grouped_dot
+
+    rng = np.random.default_rng(rows)
+    x = rng.normal(size=(rows, 16)).astype(np.float32)
+    experts = rng.normal(size=(4, 16, 8)).astype(np.float32)
+    groups = np.array([1, 0, rows // 2, 1], np.int32)  # an empty run; rows past the runs
+    ours = grouped_dot(jnp.asarray(x), tuple(jnp.asarray(experts)), jnp.asarray(groups))
+    theirs = jax.lax.ragged_dot(x, experts, groups)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert not np.asarray(ours)[groups.sum():].any()
 
 
 def generate(model, prompt, **engine_args):
@@ -111,11 +128,12 @@ def generate(model, prompt, **engine_args):
 
 # tp with every expert split over the chips (ep 1), expert groups (1 < ep < tp), whole experts
 # per chip (ep = tp), and tp 8 on 4 experts (each expert's columns over 2 chips); pipelines of
-# 2 and 3 stages; one chip per device and folded.
+# 2 stages (one chip per device: the short stage's identity layer, zero experts included, adds
+# nothing) and 3; one chip per device and folded.
 LAYOUTS = {
     "moe4_top1": [(Layout(tp=2), False), (Layout(tp=8, ep=4), True),
                   (Layout(tp=4, pp=3, ep=2), False)],
-    "moe8_top2": [(Layout(tp=8, ep=8), False), (Layout(tp=4, pp=2), True),
+    "moe8_top2": [(Layout(tp=8, ep=8), False), (Layout(tp=4, pp=2), False),
                   (Layout(tp=2, pp=3, ep=2), True)],
 }
 
@@ -160,15 +178,17 @@ def test_expert_weights_take_the_experts_class_of_a_recipe(tiny_checkpoints, tmp
     # A shipped TruePoint recipe stores expert weights in block floating point (Groq's policy
     # for MoE weights), the rest as before; a recipe without [experts] follows [mlp].
     truepoint = Engine(model, precision="truepoint-int8").stored_params.layers[0]
-    assert truepoint.w_gate_EDF.format.kind == "bfp" and truepoint.wq_DN.format.kind == "int8"
+    assert len(truepoint.w_gate_EDF) == 4  # the chip's experts, each in a buffer of its own
+    assert all(expert.format.kind == "bfp" for expert in truepoint.w_gate_EDF)
+    assert truepoint.wq_DN.format.kind == "int8"
     assert load_recipe("int8-exact").experts == load_recipe("int8-exact").mlp
     recipe = tmp_path / "experts-int4.toml"
     recipe.write_text('[experts]\nweights = "int4"\ngroup_size = 32\n')
     stored = Engine(model, precision=str(recipe)).stored_params.layers[0]
-    assert isinstance(stored.w_down_EFD, QuantizedArray)
-    assert stored.w_down_EFD.format.kind == "int4" and stored.wq_DN.dtype == np.float32
-    # [pp, tp, experts, rows, columns]: two int4 values per byte
-    assert stored.w_down_EFD.values.shape == (1, 1, 4, 96 // 2, 64)
+    down = stored.w_down_EFD[3]
+    assert isinstance(down, QuantizedArray) and down.format.kind == "int4"
+    assert stored.wq_DN.dtype == np.float32
+    assert down.values.shape == (1, 1, 96 // 2, 64)  # [pp, tp, rows, columns], two per byte
 
 
 def test_memory_per_chip_counts_the_experts_each_chip_holds():

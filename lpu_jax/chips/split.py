@@ -71,14 +71,26 @@ def split_tensor(w, tensor: Tensor, config: ModelConfig, layout: Layout):
     return jax.tree.map(shares, w)
 
 
+def _experts_apart(shares):
+    """[tp, E, ...] -> a tuple of E [tp, ...]: each expert's matrices in buffers of their own
+    (a slice of a stacked expert axis is a copy at every step on XLA:CPU; numerics.matmul
+    grouped_dot)."""
+    count = jax.tree.leaves(shares)[0].shape[1]
+    return tuple(jax.tree.map(lambda a: a[:, e], shares) for e in range(count))
+
+
 def split_layer(layer: LayerParams, config: ModelConfig, layout: Layout) -> LayerParams:
-    """One layer -> its stage's tp shares, each leaf with a leading [tp] axis.
+    """One layer -> its stage's tp shares, each leaf with a leading [tp] axis; an expert tensor
+    becomes a tuple of the experts each chip holds.
 
     Query columns are head-major and query heads are grouped by the KV head they share, so
     equal column slices of wq, wk and wv keep every query head with its KV head.
     """
-    return LayerParams(**{t.field: split_tensor(getattr(layer, t.field), t, config, layout)
-                          for t in LAYER_TENSORS})
+    def share(t: Tensor):
+        shares = split_tensor(getattr(layer, t.field), t, config, layout)
+        return _experts_apart(shares) if "E" in t.axes and shares is not None else shares
+
+    return LayerParams(**{t.field: share(t) for t in LAYER_TENSORS})
 
 
 def _identity_layer(like: LayerParams) -> LayerParams:

@@ -68,7 +68,8 @@ _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
 _CONTROL = {"scan", "while", "cond"}
 # Calls that exist for XLA:CPU's bit-identity (numerics/portable.py): the LPU runs the plain
 # operation instead, so they are costed as it.
-_LPU_EQUIVALENTS = {"ordered_sum": "reduce_sum", "portable_exp": "exp"}
+_LPU_EQUIVALENTS = {"ordered_sum": "reduce_sum", "portable_exp": "exp",
+                    "grouped_dot": "ragged_dot_general"}
 _NOT_MODELLED = {"conv_general_dilated", "pallas_call", "custom_call", "pure_callback",
                  "io_callback", "debug_callback"}
 CLASSIFIED = (_VIEWS | _ELEMENTWISE | set(_CHAINS) | _REDUCTIONS | _SXM | _SORTS
@@ -295,6 +296,8 @@ class Lowering:
         outvars = eqn.outvars
         if name in _CALLS:
             equivalent = _LPU_EQUIVALENTS.get(str(eqn.params.get("name", "")))
+            if equivalent == "ragged_dot_general":
+                return self._grouped_product(eqn, ins, nodes, scope), 0
             if equivalent is not None:
                 return self._lower_as(equivalent, eqn, ins, nodes, scope), 0
             return self._inline(eqn, ins, nodes, scope)
@@ -400,22 +403,29 @@ class Lowering:
         return self._add(nodes, "dot_general", work, ins, eqn.outvars, scope)
 
     def _grouped_product(self, eqn, ins: list[_Value], nodes, scope) -> list[_Value]:
-        """Rows [R, I] grouped over the experts a chip holds [E, I, O] (model.moe's ragged_dot).
-        Which experts the rows pick is known only when the step runs, so the static schedule
-        takes the worst case: min(R, E) experts' weights installed (each row a different
-        expert, at most every expert held), and the R rows streamed through them, evenly
-        (an estimate: a skewed routing streams the same rows through fewer installs)."""
-        (rows, inner), (experts, _, outer) = (v.aval.shape for v in eqn.invars[:2])
-        dims = eqn.params["ragged_dot_dimension_numbers"].dot_dimension_numbers
-        if dims != (((1,), (1,)), ((), ())):
-            raise ScheduleError(f"the cycle model takes ragged dots of rows [R, I] by "
-                                f"[E, I, O] only, not dimension numbers {dims}")
+        """Rows [R, I] grouped over the experts a chip holds: lax.ragged_dot's rows by [E, I, O],
+        or numerics.matmul.grouped_dot's by E matrices [I, O] (model.moe). Which experts the
+        rows pick is known only when the step runs, so the static schedule takes the worst
+        case: min(R, E) experts' weights installed (each row a different expert, at most every
+        expert held), and the R rows streamed through them, evenly (an estimate: a skewed
+        routing streams the same rows through fewer installs)."""
+        shapes = [v.aval.shape for v in eqn.invars]
+        rows, inner = shapes[0]
+        if eqn.primitive.name == "ragged_dot_general":
+            dims = eqn.params["ragged_dot_dimension_numbers"].dot_dimension_numbers
+            if dims != (((1,), (1,)), ((), ())):
+                raise ScheduleError(f"the cycle model takes ragged dots of rows [R, I] by "
+                                    f"[E, I, O] only, not dimension numbers {dims}")
+            experts, outer = shapes[1][0], shapes[1][-1]
+        else:  # x, the experts' matrices, the group sizes
+            experts, outer = len(shapes) - 2, shapes[1][-1]
+        weights = ins[1:1 + experts] if eqn.primitive.name != "ragged_dot_general" else ins[1:2]
         installed = max(1, min(rows, experts))
         work, _ = self.costs.dot((installed, math.ceil(rows / installed), inner),
                                  (installed, inner, outer), (((2,), (1,)), ((0,), (0,))),
-                                 ins[0].storage, ins[1].storage,
-                                 installable=(False, ins[1].constant))
-        return self._add(nodes, "ragged_dot_general", work, ins, eqn.outvars, scope)
+                                 ins[0].storage, weights[0].storage,
+                                 installable=(False, all(v.constant for v in weights)))
+        return self._add(nodes, "grouped product", work, ins, eqn.outvars, scope)
 
     def _inline(self, eqn, ins, nodes, scope) -> tuple[list[_Value], int]:
         jaxpr, consts = _sub_jaxpr(eqn, _CALLS[eqn.primitive.name])

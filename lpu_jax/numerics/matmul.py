@@ -17,6 +17,7 @@ token's vector maps to the format's largest value).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -107,12 +108,47 @@ def round_activations(x: Array, fmt: str, axis_name: str | None = None,
     return saturating_cast(x / safe, FLOAT_DTYPES[fmt]).astype(jnp.float32) * safe
 
 
-def _dot(x: Array, w: Array, groups: Array | None, accumulator=jnp.float32) -> Array:
-    """x [..., I] @ w [I, O]; with `groups`, x's rows [R, I] taken in runs of groups[e] rows,
-    each run times its own w[e] ([E, I, O]); rows past the runs give zeros."""
+def _group_of_row(groups: Array, rows: int) -> Array:
+    """Each row's group when rows come in runs of groups[e]; len(groups) past the runs."""
+    return jnp.sum(jnp.arange(rows)[:, None] >= jnp.cumsum(groups)[None, :], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("accumulator",))
+def grouped_dot(x: Array, experts: tuple[Array, ...], groups: Array,
+                accumulator=jnp.float32) -> Array:
+    """x's rows [R, I] in runs of groups[e] rows, each run times its expert's matrix
+    experts[e] [I, O]; rows past the runs give zeros.
+
+    Written for XLA's speed, not the LPU's: lax.ragged_dot lowers to every expert on every row,
+    and a slice of a stacked [E, I, O] weight is a copy on XLA:CPU, so each expert's matrix is a
+    buffer of its own; with no more rows than experts (decode) each row takes its expert's
+    (lax.switch), else each expert multiplies every row and keeps its own. The cycle model
+    costs this call as the grouped product it is (lpu/lowering.py).
+    """
+    rows, count = x.shape[0], len(experts)
+    group_of_row = _group_of_row(groups, rows)
+
+    def dot(w, x):
+        return jnp.einsum("ri,io->ro", x, w, preferred_element_type=accumulator)
+
+    if rows <= count:
+        nothing = jnp.zeros((1, experts[0].shape[-1]), accumulator)
+        branches = [functools.partial(dot, w) for w in experts] + [lambda _: nothing]
+        return jnp.concatenate([jax.lax.switch(group_of_row[r], branches, x[r:r + 1])
+                                for r in range(rows)])
+    total = None
+    for e, w in enumerate(experts):
+        part = jnp.where((group_of_row == e)[:, None], dot(w, x), jnp.zeros((), accumulator))
+        total = part if total is None else total + part
+    return total
+
+
+def _dot(x: Array, w, groups: Array | None, accumulator=jnp.float32) -> Array:
+    """x [..., I] @ w [I, O]; with `groups`, w is a tuple of experts' matrices and x's rows
+    [R, I] come in runs of groups[e] rows, each run times its expert's (grouped_dot)."""
     if groups is None:
         return jnp.einsum("...i,io->...o", x, w, preferred_element_type=accumulator)
-    return jax.lax.ragged_dot(x, w, groups, preferred_element_type=accumulator)
+    return grouped_dot(x, tuple(w), groups, accumulator)
 
 
 def _per_row(scale: Array, groups: Array | None, rows: int) -> Array:
@@ -120,11 +156,24 @@ def _per_row(scale: Array, groups: Array | None, rows: int) -> Array:
     take it: one for all rows, or with `groups` each row its own group's [R, O]."""
     if groups is None:
         return scale
-    group_of_row = jnp.sum(jnp.arange(rows)[:, None] >= jnp.cumsum(groups)[None, :], axis=1)
-    return jnp.take(scale, jnp.minimum(group_of_row, scale.shape[0] - 1), axis=0)
+    return jnp.take(scale, jnp.minimum(_group_of_row(groups, rows), scale.shape[0] - 1), axis=0)
 
 
-def exact_integer_dot(q_x: Array, q_w: Array, groups: Array | None = None) -> Array:
+def _each_matrix(function, w):
+    """function over a weight, or over each expert's matrix of a tuple of them."""
+    return tuple(map(function, w)) if isinstance(w, tuple) else function(w)
+
+
+def _widened(w) -> tuple:
+    """widened_with_scale for a weight or a tuple of experts' ([E, O] scales, stacked)."""
+    if not isinstance(w, tuple):
+        return widened_with_scale(w)
+    pairs = [widened_with_scale(matrix) for matrix in w]
+    scales = None if pairs[0][1] is None else jnp.stack([scale for _, scale in pairs])
+    return tuple(values for values, _ in pairs), scales
+
+
+def exact_integer_dot(q_x: Array, q_w, groups: Array | None = None) -> Array:
     """sum_i x[..., i] w[i, o] for int8 x and w in [-127, 127], exactly, as int32 (with
     `groups`, grouped as _dot takes them).
 
@@ -138,26 +187,28 @@ def exact_integer_dot(q_x: Array, q_w: Array, groups: Array | None = None) -> Ar
     for start in range(0, q_x.shape[-1], EXACT_F32_CHUNK):
         chunk = slice(start, start + EXACT_F32_CHUNK)
         part = _dot(q_x[..., chunk].astype(jnp.float32),
-                    q_w[..., chunk, :].astype(jnp.float32), groups).astype(jnp.int32)
+                    _each_matrix(lambda w: w[chunk].astype(jnp.float32), q_w),
+                    groups).astype(jnp.int32)
         total = part if total is None else total + part
     return total
 
 
-def _narrow_dot(x: Array, w: Array, chunk: int, groups: Array | None = None) -> Array:
+def _narrow_dot(x: Array, w, chunk: int, groups: Array | None = None) -> Array:
     """f32 products per chunk of the input axis, the running sum rounded to bf16 per chunk."""
     rows = x.shape[-1]
     pad = -rows % chunk
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-    w = jnp.pad(w, [(0, 0)] * (w.ndim - 2) + [(0, pad), (0, 0)])
     chunks = (rows + pad) // chunk
     x_chunks = jnp.moveaxis(x.reshape(*x.shape[:-1], chunks, chunk), -2, 0)
-    w_chunks = jnp.moveaxis(w.reshape(*w.shape[:-2], chunks, chunk, w.shape[-1]), -3, 0)
+    w_chunks = _each_matrix(lambda w: jnp.pad(w, ((0, pad), (0, 0))).reshape(
+        chunks, chunk, w.shape[-1]), w)
 
     def add_chunk(total, xw):
         part = _dot(*xw, groups)
         return (total.astype(jnp.float32) + part).astype(jnp.bfloat16), None
 
-    total0 = jnp.zeros((*x.shape[:-1], w.shape[-1]), jnp.bfloat16)
+    columns = (w[0] if isinstance(w, tuple) else w).shape[-1]
+    total0 = jnp.zeros((*x.shape[:-1], columns), jnp.bfloat16)
     total, _ = jax.lax.scan(add_chunk, total0, (x_chunks, w_chunks))
     return total.astype(jnp.float32)
 
@@ -208,6 +259,12 @@ def one_chip(w):
     return w.blocks[0] if isinstance(w, PerChip) else w
 
 
+def _first_matrix(w):
+    """A weight's matrix, or the first expert's of a tuple of them."""
+    w = one_chip(w)
+    return w[0] if isinstance(w, tuple) else w
+
+
 def sum_partials(y: Array, sum_axis: str, link: str) -> Array:
     """The chips' partial sums added (psum), crossing chips in the `link` format."""
     with jax.named_scope("links"):
@@ -229,23 +286,24 @@ def matmul(x: Array, w: Stored | PerChip, policy: MatmulPolicy, sum_axis: str | 
     caller reduced it over chips holding slices of a row.
     """
     if policy.accumulation == "int32":
-        first = one_chip(w)
+        first = _first_matrix(w)
         if not isinstance(first, QuantizedArray) or first.format.kind != "int8":
             raise ValueError("int32 accumulation needs the weight stored as int8")
         q_x, x_scale = _int8_per_token(x, sum_axis, largest)
-        total = _on_each_chip(lambda qg, w: exact_integer_dot(qg[0], w.values, qg[1]),
-                              (q_x, groups), w)
+        total = _on_each_chip(
+            lambda qg, w: exact_integer_dot(qg[0], _each_matrix(lambda m: m.values, w), qg[1]),
+            (q_x, groups), w)
         if sum_axis is not None:
             with jax.named_scope("links"):
                 total = jax.lax.psum(total, sum_axis)
-        channel_scale = _on_each_chip(lambda g, w: _per_row(w.scales[..., 0, :], g, x.shape[0]),
+        channel_scale = _on_each_chip(lambda g, w: _per_row(_widened(w)[1], g, x.shape[0]),
                                       groups, w)
         return total.astype(jnp.float32) * x_scale * channel_scale
 
     def product(x_and_groups, w):
         x, groups = x_and_groups
-        values, channel_scale = widened_with_scale(w)
-        if policy.uses_kernel(w) and groups is None:
+        values, channel_scale = _widened(w)
+        if policy.uses_kernel(w):
             flat = quantized_matmul(x.reshape(-1, x.shape[-1]), w,
                                     interpret=policy.kernel == "pallas-interpret")
             y, channel_scale = flat.reshape(*x.shape[:-1], flat.shape[-1]), None

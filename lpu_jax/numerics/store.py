@@ -58,6 +58,8 @@ def _executable(w: Stored | PerChip) -> Stored | PerChip:
     weight is read as it is: no copy."""
     if isinstance(w, PerChip):
         return PerChip(tuple(_executable(block) for block in w.blocks))
+    if isinstance(w, tuple):  # a chip's experts
+        return tuple(map(_executable, w))
     if isinstance(w, QuantizedArray) and has_channel_scales(w.format):
         return _widen_values(w)
     if not isinstance(w, QuantizedArray) and w.dtype == jnp.float32:
