@@ -32,7 +32,7 @@ from flax import struct
 
 from lpu_jax.config import ModelConfig
 from lpu_jax.numerics.formats import Stored, saturating_cast, take_columns
-from lpu_jax.numerics.matmul import MatmulPolicy, matmul, one_chip, sum_partials
+from lpu_jax.numerics.matmul import MatmulPolicy, PerChip, matmul, one_chip, sum_partials
 from lpu_jax.numerics.portable import ordered_sum, softmax
 from lpu_jax.numerics.recipe import Recipe
 
@@ -227,6 +227,13 @@ def mlp(layer: LayerParams, x_BTD: Array, tp_axis: str | None = None,
                        precision.links)
 
 
+def experts_apart(w, axis: int = 0) -> tuple:
+    """A stacked expert weight [.., E, ..] (E at `axis` of every leaf) -> a tuple of E experts,
+    as a chip holds them: each a buffer of its own (see numerics.matmul.grouped_dot)."""
+    count = jax.tree.leaves(w)[0].shape[axis]
+    return tuple(jax.tree.map(lambda a: jnp.take(a, e, axis=axis), w) for e in range(count))
+
+
 def route(router_DR: Array, x_MD: Array, experts_per_token: int) -> tuple[Array, Array]:
     """Each token's chosen experts [M, k] and their weights [M, k], as transformers' Mixtral
     router: logits and softmax over every expert in f32, the top k, renormalised to sum to 1."""
@@ -254,6 +261,9 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
     with jax.named_scope("moe/router"):
         expert_MK, weight_MK = route(layer.router_DR, x_MD, k)
     with jax.named_scope("moe/dispatch"):
+        if not isinstance(layer.w_gate_EDF, (tuple, PerChip)):  # the whole model, stacked
+            layer = layer.replace(**{name: experts_apart(getattr(layer, name))
+                                     for name in ("w_gate_EDF", "w_up_EDF", "w_down_EFD")})
         gate_here = one_chip(layer.w_gate_EDF)  # this chip's experts
         experts_here, columns_here = len(gate_here), gate_here[0].shape[-1]
         chips_per_expert = cfg.intermediate_size // columns_here

@@ -191,6 +191,21 @@ def test_expert_weights_take_the_experts_class_of_a_recipe(tiny_checkpoints, tmp
     assert down.values.shape == (1, 1, 96 // 2, 64)  # [pp, tp, rows, columns], two per byte
 
 
+def test_the_whole_stored_model_runs_as_the_engine_does(tiny_checkpoints, tmp_path):
+    """lpu-sweep's path: the unsplit model in a recipe's formats (experts stacked [E, ...])."""
+    from lpu_jax.numerics.store import store_params
+
+    model = load_model(tiny_checkpoints.get("moe8_top2"))
+    path = tmp_path / "bfp-experts.toml"  # f32 elsewhere: no bf16 cache to amplify an ulp
+    path.write_text('[experts]\nweights = "bfp"\nblock = 16\nmantissa_bits = 8\n')
+    recipe = load_recipe(str(path))
+    prompt = tiny_models.random_prompt(12, seed=3)
+    whole = forward_logits(store_params(model.params, recipe), model.config,
+                           jnp.asarray([prompt]), precision=recipe)[0, -1]
+    first = Engine(model, precision=recipe).generate(prompt, 1, keep_logits=True).logits[0]
+    assert_logits_match(np.asarray(whole), first)
+
+
 def test_memory_per_chip_counts_the_experts_each_chip_holds():
     """lpu-estimate's weights per chip for Mixtral-8x7B against an arithmetic count."""
     config = ModelConfig.shipped_or_file("Mixtral-8x7B-v0.1")

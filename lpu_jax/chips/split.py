@@ -10,7 +10,7 @@ import numpy as np
 from lpu_jax.chips.layout import TP_AXIS, Layout
 from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
-from lpu_jax.model import LayerParams, Params
+from lpu_jax.model import LayerParams, Params, experts_apart
 from lpu_jax.numerics.formats import QuantizedArray
 from lpu_jax.numerics.matmul import PerChip
 from lpu_jax.parameters import LAYER_TENSORS, STORED_LAYER_TENSORS, Tensor, tp_splits
@@ -71,14 +71,6 @@ def split_tensor(w, tensor: Tensor, config: ModelConfig, layout: Layout):
     return jax.tree.map(shares, w)
 
 
-def _experts_apart(shares):
-    """[tp, E, ...] -> a tuple of E [tp, ...]: each expert's matrices in buffers of their own
-    (a slice of a stacked expert axis is a copy at every step on XLA:CPU; numerics.matmul
-    grouped_dot)."""
-    count = jax.tree.leaves(shares)[0].shape[1]
-    return tuple(jax.tree.map(lambda a: a[:, e], shares) for e in range(count))
-
-
 def split_layer(layer: LayerParams, config: ModelConfig, layout: Layout) -> LayerParams:
     """One layer -> its stage's tp shares, each leaf with a leading [tp] axis; an expert tensor
     becomes a tuple of the experts each chip holds.
@@ -88,7 +80,8 @@ def split_layer(layer: LayerParams, config: ModelConfig, layout: Layout) -> Laye
     """
     def share(t: Tensor):
         shares = split_tensor(getattr(layer, t.field), t, config, layout)
-        return _experts_apart(shares) if "E" in t.axes and shares is not None else shares
+        return (experts_apart(shares, axis=1) if "E" in t.axes and shares is not None
+                else shares)
 
     return LayerParams(**{t.field: share(t) for t in LAYER_TENSORS})
 
