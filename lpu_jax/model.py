@@ -251,9 +251,14 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
     experts it holds (chips/split.py: E / ep of them, its tp / ep-th of their columns), on the
     (token, choice) pairs routed to them, grouped by expert with static shapes: the pairs are
     sorted by expert and each expert multiplies its run (numerics.matmul.grouped_dot), the
-    pairs of experts held elsewhere falling past the runs. The partial outputs are added over the tp chips with the
-    same psum as the dense MLP's down projection. No token is dropped and no shape depends on
-    the routing, so one compiled step serves every routing.
+    pairs of experts held elsewhere falling past the runs. The partial outputs are added over
+    the tp chips with the same psum as the dense MLP's down projection. No token is dropped and
+    no shape depends on the routing, so one compiled step serves every routing.
+
+    Under int32 accumulation a pair split over chips (tp / ep > 1) has its integer sums added
+    over them exactly before they are scaled, and the first chip of its group adds it to the
+    output: the result does not depend on the layout (for up to two choices per token, whose
+    f32 sum does not depend on the order).
     """
     B, T, D = x_BTD.shape
     x_MD = x_BTD.reshape(B * T, D)
@@ -281,13 +286,26 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
         up = matmul(x_RD, layer.w_up_EDF, policy, groups=groups_E)
         hidden_RF = jax.nn.silu(gate) * up
     with jax.named_scope("mlp/down"):
-        largest = None
-        if chips_per_expert > 1:  # a pair's hidden vector is split over chips: one scale for it
-            largest = jnp.max(jnp.abs(hidden_RF), axis=-1, keepdims=True)
-            pairs = jnp.zeros_like(largest).at[order_R].set(largest)
-            with jax.named_scope("links"):
-                largest = jnp.take(jax.lax.pmax(pairs, tp_axis), order_R, axis=0)
-        y_RD = matmul(hidden_RF, layer.w_down_EFD, policy, groups=groups_E, largest=largest)
+        largest, sum_rows = None, None
+        if chips_per_expert > 1:  # a pair's hidden vector is split over the chips of its group
+
+            def over_pairs(rows_RX, reduce):
+                """Each of this chip's rows reduced with the same pair's rows on every chip."""
+                pairs = jnp.zeros_like(rows_RX).at[order_R].set(rows_RX)
+                with jax.named_scope("links"):
+                    return jnp.take(reduce(pairs, tp_axis), order_R, axis=0)
+
+            if policy.scales_per_token:  # one scale for the pair's whole vector
+                largest = over_pairs(jnp.max(jnp.abs(hidden_RF), axis=-1, keepdims=True),
+                                     jax.lax.pmax)
+            if policy.accumulation == "int32":
+                sum_rows = functools.partial(over_pairs, reduce=jax.lax.psum)
+        y_RD = matmul(hidden_RF, layer.w_down_EFD, policy, groups=groups_E, largest=largest,
+                      sum_rows=sum_rows)
+        if sum_rows is not None:  # whole on every chip of the group: the first one adds it
+            mine_R = ((jnp.arange(y_RD.shape[0]) < jnp.sum(groups_E))
+                      & (chip % chips_per_expert == 0))
+            y_RD = jnp.where(mine_R[:, None], y_RD, 0.0)
         weight_R = jnp.take(weight_MK.reshape(-1), order_R)
         y_MD = jnp.zeros((B * T, D), jnp.float32).at[token_R].add(y_RD * weight_R[:, None])
         if tp_axis is not None:

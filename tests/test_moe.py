@@ -150,6 +150,23 @@ def test_every_layout_gives_the_one_chip_answer(tiny_checkpoints, variant):
         assert np.abs(other.logits - single.logits).max() / scale < 1e-5, (layout, fold)
 
 
+def test_int8_exact_logits_do_not_depend_on_how_experts_are_split(tiny_checkpoints, tmp_path):
+    """int32 sums cross chips exactly, also where an expert's columns are split over chips
+    (tp / ep > 1): with --nocpu_fma the logits are bit-identical to one chip's."""
+    layouts = {"one": [], "tp2": ["--tp", "2"], "tp4ep2": ["--tp", "4", "--ep", "2"],
+               "tp4ep4_folded": ["--tp", "4", "--ep", "4", "--pp", "2", "--fold"],
+               "tp4_folded": ["--tp", "4", "--fold"]}
+    cases = [["--model", str(tiny_checkpoints.get("moe8_top2")), "--prompt_ids",
+              "5,9,14,3,77,120", "--max_new_tokens", "6", "--precision", "int8-exact",
+              "--nocpu_fma", "--dump_logits", str(tmp_path / f"{name}.npy"), *layout]
+             for name, layout in layouts.items()]
+    for result in run_each(GENERATE, cases).values():
+        assert result.returncode == 0, result.stderr
+    one = np.load(tmp_path / "one.npy")
+    for name in layouts:
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), one, err_msg=name)
+
+
 def test_200_decode_tokens_compile_nothing_new(tiny_checkpoints):
     engine = Engine(load_model(tiny_checkpoints.get("moe8_top2")), layout=Layout(tp=2, ep=2),
                     fold=True)

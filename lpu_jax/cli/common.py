@@ -36,6 +36,7 @@ def ep_flag() -> flags.FlagHolder:
                                 "--ep equal to --tp gives each chip whole experts.")
 
 
+@functools.cache
 def config_flag() -> flags.FlagHolder:
     return flags.DEFINE_string("config", None, "A Hugging Face config.json, or a name from "
                                "configs/models (e.g. Llama-2-7b-hf, Meta-Llama-3-8B).")

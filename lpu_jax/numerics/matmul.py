@@ -67,6 +67,11 @@ class MatmulPolicy:
         if self.kernel not in KERNELS:
             raise UserError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
 
+    @property
+    def scales_per_token(self) -> bool:
+        """Whether the inputs are quantized with one scale per token (int8, fp8)."""
+        return self.inputs in ("int8", "fp8-e4m3", "fp8-e5m2")
+
     def uses_kernel(self, w: Stored) -> bool:
         return (self.kernel != "xla" and self.accumulation == "f32"
                 and isinstance(w, QuantizedArray) and w.format.kind in ("int8", "int4"))
@@ -272,18 +277,19 @@ def sum_partials(y: Array, sum_axis: str, link: str) -> Array:
 
 
 def matmul(x: Array, w: Stored | PerChip, policy: MatmulPolicy, sum_axis: str | None = None,
-           link: str = "f32", groups: Array | None = None,
-           largest: Array | None = None) -> Array:
+           link: str = "f32", groups: Array | None = None, largest: Array | None = None,
+           sum_rows=None) -> Array:
     """x [..., I] @ w [I, O] -> f32 [..., O] under `policy`.
 
     sum_axis names the chips that each hold a slice of the input axis (a row-parallel
     projection): their partial sums are added with psum, crossing chips in the `link` format
     (int32 sums cross exactly, as integers).
 
-    With `groups` [E], x is rows [R, I] in runs of groups[e] rows and w one matrix per run
-    [E, I, O] (the experts a chip holds, see model.moe); rows past the runs give zeros.
-    `largest` [R, 1] is each row's largest |x| for per-token activation formats, where the
-    caller reduced it over chips holding slices of a row.
+    With `groups` [E], x is rows [R, I] in runs of groups[e] rows and w a tuple of one matrix
+    [I, O] per run (the experts a chip holds, see model.moe); rows past the runs give zeros.
+    Where chips hold slices of a row's inputs, the caller gives `largest` [R, 1], each row's
+    largest |x| over them, for per-token activation formats, and `sum_rows`, which adds a
+    row's int32 partial sums over them exactly, for int32 accumulation.
     """
     if policy.accumulation == "int32":
         first = _first_matrix(w)
@@ -296,6 +302,8 @@ def matmul(x: Array, w: Stored | PerChip, policy: MatmulPolicy, sum_axis: str | 
         if sum_axis is not None:
             with jax.named_scope("links"):
                 total = jax.lax.psum(total, sum_axis)
+        if sum_rows is not None:
+            total = sum_rows(total)
         channel_scale = _on_each_chip(lambda g, w: _per_row(_widened(w)[1], g, x.shape[0]),
                                       groups, w)
         return total.astype(jnp.float32) * x_scale * channel_scale
