@@ -36,10 +36,11 @@ def _permute_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def gguf_from_hf(checkpoint: Path, path: Path) -> Path:
+def gguf_from_hf(checkpoint: Path, path: Path, metadata: dict | None = None) -> Path:
     """A Hugging Face Llama or Mixtral checkpoint written as llama.cpp's converter writes it:
     its names, q and k rows permuted, a Mixtral's experts merged into one tensor per
-    projection [E, out, in] under the llama architecture with expert counts."""
+    projection [E, out, in] under the llama architecture with expert counts; `metadata`
+    replaces fields (None: leaves one out)."""
     import json
 
     from safetensors.numpy import load_file
@@ -61,6 +62,8 @@ def gguf_from_hf(checkpoint: Path, path: Path) -> Path:
     if experts:
         fields.update({"llama.expert_count": experts,
                        "llama.expert_used_count": config["num_experts_per_tok"]})
+    fields = {key: value for key, value in {**fields, **(metadata or {})}.items()
+              if value is not None}
     tensors = {"token_embd.weight": hf["model.embed_tokens.weight"],
                "output_norm.weight": hf["model.norm.weight"]}
     if "lm_head.weight" in hf and not config.get("tie_word_embeddings"):

@@ -190,6 +190,20 @@ def test_a_gguf_of_the_checkpoint_gives_the_same_model(tiny_checkpoints, tmp_pat
             == generate(from_hf, prompt).tokens)
 
 
+@pytest.mark.parametrize("used, message", [
+    (None, "llama.expert_count=8 needs llama.expert_used_count"),
+    (0, "llama.expert_count=8 needs llama.expert_used_count"),
+    (9, "num_experts_per_tok=9 must be between 1 and num_local_experts=8")])
+def test_a_gguf_without_a_valid_count_of_experts_per_token_is_refused(tiny_checkpoints, tmp_path,
+                                                                      used, message):
+    from lpu_jax.errors import UserError
+
+    path = gguf_from_hf(tiny_checkpoints.get("moe8_top2"), tmp_path / "moe.gguf",
+                        {"llama.expert_used_count": used})
+    with pytest.raises(UserError, match=message):
+        load_model(path)
+
+
 def test_expert_weights_take_the_experts_class_of_a_recipe(tiny_checkpoints, tmp_path):
     model = load_model(tiny_checkpoints.get("moe4_top1"))
     # A shipped TruePoint recipe stores expert weights in block floating point (Groq's policy
@@ -241,6 +255,22 @@ def test_memory_per_chip_counts_the_experts_each_chip_holds():
         router_and_norms = 4 * d * experts + 2 * 4 * d
         assert plan.layer_bytes(Layout(tp=tp, ep=ep)) == (expert_bytes + attention_bytes
                                                           + router_and_norms), (tp, ep)
+
+
+def test_tp_splits_each_expert_only_over_the_chips_of_its_group():
+    from lpu_jax.chips.layout import valid_tp
+    from lpu_jax.errors import UserError
+
+    config = ModelConfig.from_hf_dict(dict(
+        model_type="mixtral", vocab_size=256, hidden_size=64, intermediate_size=100,
+        num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
+        num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=64))
+    assert valid_tp(config) == [1, 2, 4] and valid_tp(config, ep=8) == [8]
+    assert valid_tp(config, ep=2) == [2, 4, 8]  # 100 columns over 1, 2 and 4 chips
+    Layout(tp=8, ep=8).check(config)
+    with pytest.raises(UserError, match="--tp=8 does not divide the model .*intermediate_size="
+                                        "100 over tp / ep chips.*valid: 1, 2, 4"):
+        Layout(tp=8).check(config)
 
 
 @pytest.fixture(scope="module")

@@ -60,17 +60,22 @@ def build_params(cfg: ModelConfig, available: Iterable[str], read: Reader, sourc
         array = read(name, tensor)
         if tuple(array.shape) != needed[name]:
             raise UserError(f"{source}: tensor {name!r} has shape {tuple(array.shape)}, the config "
-                            f"needs {needed[name]}; config.json and weights do not match")
+                            f"needs {needed[name]}; the config and the weights do not match")
         return np.asarray(array, dtype=dtype)
 
     def load(tensor: Tensor, layer: int | None = None) -> jax.Array | None:
         if not tensor.present(cfg):
             return None
         names = checkpoint_names(tensor, layer, cfg, naming)
-        parts = [read_checked(name, tensor) for name in names]
-        array = parts[0] if len(parts) == 1 else np.stack(parts)
-        if array.ndim >= 2:  # [.., out, in] -> [.., in, out]
-            array = np.ascontiguousarray(np.swapaxes(array, -1, -2))
+        if len(names) == 1:
+            array = read_checked(names[0], tensor)
+            if array.ndim >= 2:  # [.., out, in] -> [.., in, out]
+                array = np.ascontiguousarray(np.swapaxes(array, -1, -2))
+            return jax.device_put(array, device)
+        # A tensor per expert, each put in its place transposed: one expert read at a time.
+        array = np.empty(tensor.shape(cfg), dtype)
+        for e, name in enumerate(names):
+            array[e] = read_checked(name, tensor).T
         return jax.device_put(array, device)
 
     layers = tuple(LayerParams(**{t.field: load(t, i) for t in layer_tensors(cfg)})

@@ -72,6 +72,10 @@ class GGUFCheckpoint:
                 self._tensor_rows(EMBED.gguf))
         eos = fields.integer("tokenizer.ggml.eos_token_id", None, low=0)
         raw = {k: v for k, v in raw.items() if not (k in zero_means_none and v == 0)}
+        if raw.get("num_local_experts") and not raw.get("num_experts_per_tok"):
+            raise UserError(f"{self.path}: GGUF metadata llama.expert_count="
+                            f"{raw['num_local_experts']} needs llama.expert_used_count, the "
+                            "experts each token uses (>= 1)")
         raw.update(
             # llama.cpp keeps Mixtral under the llama architecture, with experts.
             model_type="mixtral" if raw.get("num_local_experts") else "llama",

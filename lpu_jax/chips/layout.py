@@ -52,13 +52,17 @@ class Layout:
     def check(self, config: ModelConfig) -> None:
         if self.tp < 1 or self.pp < 1:
             raise UserError(f"--tp and --pp must be >= 1, got tp={self.tp}, pp={self.pp}")
-        if self.tp not in valid_tp(config):
+        check_expert_groups(config, self.ep)
+        if self.tp % self.ep:
+            raise UserError(f"--ep={self.ep} does not divide --tp={self.tp}: the tp chips of a "
+                            "stage form ep expert groups")
+        if self.tp not in valid_tp(config, self.ep):
+            columns = (f"intermediate_size={config.intermediate_size} over tp / ep chips"
+                       if config.num_experts else f"intermediate_size={config.intermediate_size}")
             raise UserError(
                 f"--tp={self.tp} does not divide the model (num_attention_heads="
-                f"{config.num_heads}, num_key_value_heads={config.num_kv_heads}, "
-                f"intermediate_size={config.intermediate_size}); valid: "
-                f"{', '.join(map(str, valid_tp(config)))}")
-        self._check_expert_groups(config)
+                f"{config.num_heads}, num_key_value_heads={config.num_kv_heads}, {columns}); "
+                f"valid: {', '.join(map(str, valid_tp(config, self.ep)))}")
         if self.vocab_rows and (len(self.vocab_rows) != self.pp or min(self.vocab_rows) < 0
                                 or sum(self.vocab_rows) * self.tp < config.vocab_size):
             raise ValueError(f"vocab_rows {self.vocab_rows} do not hold the "
@@ -71,31 +75,9 @@ class Layout:
     def describe(self) -> str:
         return f"tp={self.tp}{f' ep={self.ep}' if self.ep > 1 else ''} pp={self.pp}"
 
-    def splits_experts(self, config: ModelConfig) -> bool:
-        """Whether ep expert groups of tp / ep chips split this model's experts evenly."""
-        try:
-            self._check_expert_groups(config)
-        except UserError:
-            return False
-        return True
-
-    def _check_expert_groups(self, config: ModelConfig) -> None:
-        if self.ep < 1:
-            raise UserError(f"--ep must be >= 1, got {self.ep}")
-        if self.ep == 1:
-            return
-        if not config.num_experts:
-            raise UserError(f"--ep={self.ep} splits a mixture of experts' experts; this model "
-                            "has none (use --tp)")
-        if config.num_experts % self.ep:
-            raise UserError(f"--ep={self.ep} does not divide the model's {config.num_experts} "
-                            "experts (num_local_experts)")
-        if self.tp % self.ep:
-            raise UserError(f"--ep={self.ep} does not divide --tp={self.tp}: the tp chips of a "
-                            "stage form ep expert groups")
-        if config.intermediate_size % (self.tp // self.ep):
-            raise UserError(f"each expert's {config.intermediate_size} columns do not split over "
-                            f"the tp / ep = {self.tp // self.ep} chips of an expert group")
+    def as_flags(self) -> str:
+        """The command-line flags that ask for this layout."""
+        return f"--tp {self.tp}{f' --ep {self.ep}' if self.ep > 1 else ''} --pp {self.pp}"
 
     def stage_layers(self, num_layers: int) -> list[range]:
         """The layers of each stage: contiguous, sizes differing by at most one."""
@@ -138,17 +120,36 @@ def layouts_within(config: ModelConfig, most_chips: int | None = None,
     dividing `batch` into equal micro-batches when one is given and `ep` expert groups:
     fewest chips first, then fewest tp chips (they stay inside a node)."""
     bound = most_chips or config.num_layers * config.num_heads
-    layouts = [Layout(tp=tp, pp=pp, ep=ep) for tp in valid_tp(config)
+    layouts = [Layout(tp=tp, pp=pp, ep=ep) for tp in valid_tp(config, ep)
                for pp in range(1, min(config.num_layers, bound // tp) + 1)
-               if (batch is None or batch % pp == 0)
-               and Layout(tp=tp, ep=ep).splits_experts(config)]
+               if batch is None or batch % pp == 0]
     return sorted(layouts, key=lambda layout: (layout.num_chips, layout.tp))
 
 
-def valid_tp(config: ModelConfig) -> list[int]:
-    """Chip counts that split the query heads and the MLP (every expert's, at ep 1) evenly and
-    either split the KV heads or hold whole copies of them, as serving engines do beyond the KV
-    head count (the vocabulary is padded)."""
+def check_expert_groups(config: ModelConfig, ep: int) -> None:
+    """--ep against the model: at least 1, and more only for a mixture of experts whose experts
+    it divides."""
+    if ep < 1:
+        raise UserError(f"--ep must be >= 1, got {ep}")
+    if ep > 1 and not config.num_experts:
+        raise UserError(f"--ep={ep} splits a mixture of experts' experts; this model has none "
+                        "(use --tp)")
+    if ep > 1 and config.num_experts % ep:
+        raise UserError(f"--ep={ep} does not divide the model's {config.num_experts} experts "
+                        "(num_local_experts)")
+
+
+def valid_tp(config: ModelConfig, ep: int = 1) -> list[int]:
+    """Chip counts that split the query heads and the MLP evenly (a mixture of experts: tp a
+    multiple of ep, each expert's columns over tp / ep chips) and either split the KV heads or
+    hold whole copies of them, as serving engines do beyond the KV head count (the vocabulary
+    is padded)."""
     heads, kv = config.num_heads, config.num_kv_heads
-    return [t for t in range(1, heads + 1) if heads % t == 0
-            and config.intermediate_size % t == 0 and (kv % t == 0 or t % kv == 0)]
+
+    def splits_mlp(t: int) -> bool:
+        if config.num_experts:
+            return t % ep == 0 and config.intermediate_size % (t // ep) == 0
+        return config.intermediate_size % t == 0
+
+    return [t for t in range(1, heads + 1) if heads % t == 0 and splits_mlp(t)
+            and (kv % t == 0 or t % kv == 0)]

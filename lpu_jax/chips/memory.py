@@ -20,6 +20,7 @@ from lpu_jax.checkpoint.assemble import abstract_params
 from lpu_jax.chips.layout import Layout, layouts_within
 from lpu_jax.chips.split import split_layer
 from lpu_jax.config import ModelConfig
+from lpu_jax.errors import UserError
 from lpu_jax.numerics.formats import nbytes
 from lpu_jax.numerics.recipe import Recipe
 from lpu_jax.numerics.store import store_params
@@ -113,16 +114,20 @@ class MemoryPlan:
     def fitting(self, layout: Layout, sequences: int, context: int,
                 room: float) -> Layout | None:
         """`layout` balanced for the run when its fullest chip's weights and caches fit in `room`
-        bytes, else None."""
-        layout = self.balanced(layout, sequences, context)
-        held = self.fullest(layout, sequences, context)
+        bytes, else None (also when the recipe's formats cannot split the layers so)."""
+        try:
+            layout = self.balanced(layout, sequences, context)
+            held = self.fullest(layout, sequences, context)
+        except UserError:  # e.g. a format's blocks of rows do not divide a chip's share
+            return None
         return layout if held.weights + held.kv_cache <= room else None
 
     def chips_needed(self, capacity: float, sequences: int, context: int, activations: int,
-                     most_chips: int | None = None, batch: int | None = None) -> Layout | None:
+                     most_chips: int | None = None, batch: int | None = None,
+                     ep: int = 1) -> Layout | None:
         """The layout with the fewest chips (at most `most_chips`; pp dividing `batch` when one
-        is given) whose fullest chip fits `capacity` beside `activations` (fewer tp chips on a
-        tie: they stay inside a node), or None."""
+        is given; `ep` expert groups) whose fullest chip fits `capacity` beside `activations`
+        (fewer tp chips on a tie: they stay inside a node), or None."""
         return next(filter(None, (self.fitting(layout, sequences, context, capacity - activations)
-                                  for layout in layouts_within(self.config, most_chips, batch))),
-                    None)
+                                  for layout in layouts_within(self.config, most_chips, batch,
+                                                               ep))), None)

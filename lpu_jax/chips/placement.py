@@ -73,7 +73,8 @@ class Placement:
         return self.devices[0].platform == "cpu"
 
     def describe(self) -> dict:
-        return {"tp": self.layout.tp, "pp": self.layout.pp, "chips": self.layout.num_chips,
+        return {"tp": self.layout.tp, "pp": self.layout.pp, "ep": self.layout.ep,
+                "chips": self.layout.num_chips,
                 "folded": self.folded, "devices": len(self.devices),
                 "platform": self.devices[0].platform}
 

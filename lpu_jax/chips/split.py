@@ -33,10 +33,11 @@ def split_tensor(w, tensor: Tensor, config: ModelConfig, layout: Layout):
 
     Column-parallel matrices (q, k, v, gate, up) split their outputs; row-parallel ones (o,
     down) split their inputs and give partial sums; an expert tensor splits its experts over
-    the layout's ep expert groups, then their columns over the chips of a group. With more chips than KV heads, each KV head's features are repeated on
-    the tp // kv_heads chips that read it. A stored weight splits its values and its group or
-    block scales with its rows; a scale shared along a split axis (one per output channel, size
-    1 there) belongs to every share.
+    the layout's ep expert groups, then their columns over the chips of a group. With more
+    chips than KV heads, each KV head's features are repeated on the tp // kv_heads chips that
+    read it. A stored weight splits its values and its group or block scales with its rows; a
+    scale shared along a split axis (one per output channel, size 1 there) belongs to every
+    share.
     """
     if w is None:
         return None
@@ -55,8 +56,8 @@ def split_tensor(w, tensor: Tensor, config: ModelConfig, layout: Layout):
         if way > 1 and (rows // way) % unit:
             raise UserError(f"the {w.format.describe()} format keeps {unit} rows together, "
                             f"which does not divide this model's {rows} // {way} = "
-                            f"{rows // way} rows per chip at tp={tp}: choose another tp or "
-                            f"recipe")
+                            f"{rows // way} rows of {tensor.field} per chip at "
+                            f"{layout.describe()}: choose another layout or recipe")
 
     def shares(a):
         for axis, way in enumerate(ways):  # a size-1 axis (a shared scale) is every chip's
@@ -178,16 +179,16 @@ def split_vocab(w, config: ModelConfig, layout: Layout):
 def abstract_chip_params(stored: Params, config: ModelConfig, layout: Layout) -> Params:
     """One chip's parameter shapes from a stored model's first layer and vocabulary (every
     layer has the same shapes): what split_params gives each chip, without splitting them all."""
-    def one_chip(tree, axes):
+    def without_chip_axes(tree, axes):
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[axes:], a.dtype), tree)
 
-    layer = one_chip(jax.eval_shape(lambda w: split_layer(w, config, layout),
+    layer = without_chip_axes(jax.eval_shape(lambda w: split_layer(w, config, layout),
                                     stored.layers[0]), 1)
-    vocab = one_chip(jax.eval_shape(lambda e, h: (split_vocab(e, config, layout),
+    vocab = without_chip_axes(jax.eval_shape(lambda e, h: (split_vocab(e, config, layout),
                                                   split_vocab(h, config, layout)),
                                     stored.embed_DV, stored.lm_head_DV), 2)
     return Params(embed_DV=vocab[0], layers=(layer,) * layout.layer_slots(config.num_layers),
-                  final_norm_D=one_chip(stored.final_norm_D, 0), lm_head_DV=vocab[1])
+                  final_norm_D=without_chip_axes(stored.final_norm_D, 0), lm_head_DV=vocab[1])
 
 
 def chip_share(stacked, stage: int, chip: int):

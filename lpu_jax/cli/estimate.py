@@ -111,10 +111,12 @@ def main() -> None:
     if (trace_path or gantt_path) and not one:
         raise UserError("--trace and --gantt show one deployment: give --tp and --pp one value "
                         "each (or --chips, for the best) and one --hardware")
+    from lpu_jax.chips.layout import check_expert_groups
     from lpu_jax.config import ModelConfig
     from lpu_jax.numerics.recipe import load_recipe
 
     config = ModelConfig.shipped_or_file(_CONFIG.value)
+    check_expert_groups(config, _EP.value)  # before a search that would find no layout
     recipe = load_recipe(_PRECISION.value)
     prompt_len, new_tokens = _PROMPT_LEN.value, _NEW_TOKENS.value
     context = _CONTEXT.value or prompt_len + new_tokens
@@ -145,8 +147,8 @@ def main() -> None:
 def _show_one(question: _Question, model, trace_path, gantt_path, outputs) -> None:
     """The decode step of one reported deployment as a Perfetto trace and a Gantt chart."""
     step, layout = model.last_decode, model.deployment.layout
-    title = (f"{question.name} decode step, {model.deployment.hardware.name}, tp {layout.tp} x "
-             f"pp {layout.pp}, {question.recipe.name}")
+    title = (f"{question.name} decode step, {model.deployment.hardware.name}, "
+             f"{layout.describe()}, {question.recipe.name}")
     if trace_path is not None:
         emulated.save_trace(step, trace_path, title, outputs)
     if gantt_path is not None:
@@ -205,8 +207,7 @@ def _chosen(question: _Question, hardware, chips: int,
         fewest = fewest_chips(q.config, q.recipe, hardware, q.positions, q.batch, q.context,
                               q.ep)
         advice = (_nothing_fits(hardware) if fewest is None
-                  else f"the fewest that hold it are {fewest.num_chips} (--tp {fewest.tp} "
-                  f"--pp {fewest.pp})")
+                  else f"the fewest that hold it are {fewest.num_chips} ({fewest.as_flags()})")
         raise UserError(f"{q.name} fits no layout of at most {chips} {hardware.name} chip(s) "
                         f"at --context {q.context}; {advice}")
     shown = ranked[:reported]
@@ -266,15 +267,17 @@ def _compare(question: _Question, hardware: list,
 
 
 def _does_not_fit(row: dict, model: str, hardware) -> str:
+    from lpu_jax.chips.layout import Layout
+
     memory = row["memory_per_chip"]
     needed = memory.get("chips_needed")
     if needed is None:
         advice = _nothing_fits(hardware)
     else:
-        advice = (f"it needs at least {needed['chips']} chips, e.g. --tp {needed['tp']} "
-                  f"--pp {needed['pp']}")
-    return (f"{model} does not fit {row['chips']} {hardware.name} chip(s) at tp={row['tp']} "
-            f"pp={row['pp']}: {memory['total_bytes'] / 1e6:,.0f} MB per chip against "
+        advice = f"it needs at least {needed['chips']} chips, e.g. {needed['flags']}"
+    layout = Layout(tp=row["tp"], pp=row["pp"], ep=row["ep"])
+    return (f"{model} does not fit {row['chips']} {hardware.name} chip(s) at "
+            f"{layout.describe()}: {memory['total_bytes'] / 1e6:,.0f} MB per chip against "
             f"{memory['capacity_bytes'] / 1e6:,.0f} MB; {advice}")
 
 

@@ -28,7 +28,7 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of token
                             "probability reaches p (1: all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
 _TP = flags.DEFINE_integer("tp", 1, "Tensor-parallel emulated chips per stage (split heads, "
-                           "MLP columns, vocabulary).")
+                           "MLP columns or experts, vocabulary).")
 _PP = flags.DEFINE_integer("pp", 1, "Pipeline stages (groups of layers), each of --tp chips.")
 _EP = common.ep_flag()
 _FOLD = flags.DEFINE_bool("fold", None, "Fold all chips onto one device (default: one chip per "

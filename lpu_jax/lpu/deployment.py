@@ -287,9 +287,10 @@ class CycleModel:
         if total > room:
             needed = self.memory.chips_needed(room, batch, context, activations,
                                               most_chips(d.hardware),
-                                              batch if batch > 1 else None)
+                                              batch if batch > 1 else None, d.layout.ep)
             plan["chips_needed"] = (None if needed is None else
-                                    {"chips": needed.num_chips, "tp": needed.tp, "pp": needed.pp})
+                                    {"chips": needed.num_chips, "tp": needed.tp, "pp": needed.pp,
+                                     "ep": needed.ep, "flags": needed.as_flags()})
         return plan
 
     @staticmethod
@@ -311,10 +312,11 @@ def describe(emulated: dict) -> str:
     fits = "fits" if memory["fits"] else "does NOT fit"
     needed = memory.get("chips_needed")
     if needed:
-        fits += f"; needs {needed['chips']} chips, e.g. --tp {needed['tp']} --pp {needed['pp']}"
+        fits += f"; needs {needed['chips']} chips, e.g. {needed['flags']}"
     what_if = "".join(f", {name}={value:g}" for name, value in e["what_if"].items())
     ep = f", ep {e['ep']}" if e["ep"] > 1 else ""
-    return (f"{e['hardware']}{what_if}, {e['chips']} chip(s) (tp {e['tp']}{ep}, pp {e['pp']}): decode "
+    return (f"{e['hardware']}{what_if}, {e['chips']} chip(s) (tp {e['tp']}{ep}, pp {e['pp']}): "
+            f"decode "
             f"{cycles}{dec['latency_per_token_s'] * 1e6:,.1f} us/token, "
             f"{dec['tokens_per_s']:,.0f} tokens/s one stream, "
             f"{e['pipeline_full']['tokens_per_s']:,.0f} with the pipeline full"
@@ -336,10 +338,14 @@ TABLE_COLUMNS = ("hardware", "tp", "pp", "chips", "us/token", "tokens/s 1 stream
                  "tokens/s most", "sequences", "first token ms", "MB/chip", "J/token", "kW")
 
 
+def _tp_cell(report: dict) -> str:
+    return f"{report['tp']} (ep {report['ep']})" if report["ep"] > 1 else str(report["tp"])
+
+
 def tabulate(reports: list[dict]) -> list[str]:
     """One aligned row per report, under a header: the figures people compare deployments by."""
     rows = [TABLE_COLUMNS] + [(
-        e["hardware"], str(e["tp"]), str(e["pp"]), f"{e['chips']:,}",
+        e["hardware"], _tp_cell(e), str(e["pp"]), f"{e['chips']:,}",
         f"{e['decode']['latency_per_token_s'] * 1e6:,.1f}",
         f"{e['decode']['tokens_per_s']:,.0f}",
         f"{e['at_most_sequences']['tokens_per_s']:,.0f}",

@@ -66,8 +66,9 @@ _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
           "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
           "remat": "jaxpr", "checkpoint": "jaxpr", "shard_map": "jaxpr"}
 _CONTROL = {"scan", "while", "cond"}
-# Calls that exist for XLA:CPU's bit-identity (numerics/portable.py): the LPU runs the plain
-# operation instead, so they are costed as it.
+# Calls that exist for XLA's sake (XLA:CPU's bit-identity, numerics/portable.py; its speed,
+# numerics.matmul.grouped_dot): the LPU runs the plain operation instead, so they are costed
+# as it.
 _LPU_EQUIVALENTS = {"ordered_sum": "reduce_sum", "portable_exp": "exp",
                     "grouped_dot": "ragged_dot_general"}
 _NOT_MODELLED = {"conv_general_dilated", "pallas_call", "custom_call", "pure_callback",
@@ -416,10 +417,10 @@ class Lowering:
             if dims != (((1,), (1,)), ((), ())):
                 raise ScheduleError(f"the cycle model takes ragged dots of rows [R, I] by "
                                     f"[E, I, O] only, not dimension numbers {dims}")
-            experts, outer = shapes[1][0], shapes[1][-1]
+            experts, weights = shapes[1][0], ins[1:2]
         else:  # x, the experts' matrices, the group sizes
-            experts, outer = len(shapes) - 2, shapes[1][-1]
-        weights = ins[1:1 + experts] if eqn.primitive.name != "ragged_dot_general" else ins[1:2]
+            experts, weights = len(shapes) - 2, ins[1:-1]
+        outer = shapes[1][-1]
         installed = max(1, min(rows, experts))
         work, _ = self.costs.dot((installed, math.ceil(rows / installed), inner),
                                  (installed, inner, outer), (((2,), (1,)), ((0,), (0,))),

@@ -125,7 +125,7 @@ def grouped_dot(x: Array, experts: tuple[Array, ...], groups: Array,
     experts[e] [I, O]; rows past the runs give zeros.
 
     Written for XLA's speed, not the LPU's: lax.ragged_dot lowers to every expert on every row,
-    and a slice of a stacked [E, I, O] weight is a copy on XLA:CPU, so each expert's matrix is a
+    and a slice of a stacked expert axis is a copy on XLA:CPU, so each expert's matrix is a
     buffer of its own; with no more rows than experts (decode) each row takes its expert's
     (lax.switch), else each expert multiplies every row and keeps its own. The cycle model
     costs this call as the grouped product it is (lpu/lowering.py).

@@ -47,7 +47,7 @@ class Recipe:
             object.__setattr__(self, "experts", self.mlp)
 
     def policy(self, tensor_class: str) -> MatmulPolicy:
-        """The matmul policy of a tensor class (numerics/store.py's classes but the embedding)."""
+        """The matmul policy of a tensor class (lpu_jax/parameters.py's, but the embedding)."""
         return getattr(self, tensor_class)
 
     def weights(self, tensor_class: str) -> Format:
@@ -74,8 +74,9 @@ class Recipe:
                    "accumulation": p.accumulation}
             return {**out, "chunk": p.chunk} if p.accumulation == "bf16" else out
         return {"name": self.name, "embedding": self.embedding.describe(),
-                **{name: policy(self.policy(name)) for name in MATMUL_CLASSES}, "kv_cache": self.kv_cache,
-                "links": self.links, "attention_logits": self.attention_logits}
+                **{name: policy(self.policy(name)) for name in MATMUL_CLASSES},
+                "kv_cache": self.kv_cache, "links": self.links,
+                "attention_logits": self.attention_logits}
 
 
 def available() -> list[str]:
