@@ -4,7 +4,7 @@ The bad-input tests need real processes (an exit status, stderr and no traceback
 fresh Python, JAX and lpu_jax start-up each: this process imports them once, then forks one
 child per argument list, before any JAX backend starts (a child starts its own). Run as
 
-    python -m tests.cli_forks lpu_jax.cli.generate < cases.json
+    python tests/cli_forks.py lpu_jax.cli.generate < cases.json
 
 with a JSON list of argument lists on stdin; it writes a JSON list of {returncode, stdout,
 stderr} on stdout, one per case, in order.
@@ -17,14 +17,16 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from pathlib import Path
 
 
 def run_each(module: str, cases: list[list[str]]) -> dict[tuple, subprocess.CompletedProcess]:
     """Each argument list run by `python -m module` in a process of its own: args -> result."""
-    driver = subprocess.run([sys.executable, "-m", "tests.cli_forks", module],
+    # By path, not `-m tests.cli_forks`: that needs the repository root on sys.path, where its
+    # kernels/ would shadow the kernels distribution (the tests run with PYTHONSAFEPATH set, so
+    # this file's own folder is not put on sys.path either; it imports nothing from it).
+    driver = subprocess.run([sys.executable, __file__, module],
                             input=json.dumps(cases), capture_output=True, text=True,
-                            cwd=Path(__file__).parent.parent, timeout=1800)
+                            timeout=1800)
     assert driver.returncode == 0, driver.stderr
     return {tuple(args): subprocess.CompletedProcess(args, r["returncode"], r["stdout"],
                                                      r["stderr"])

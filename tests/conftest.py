@@ -21,6 +21,11 @@ _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # workers inherit it already set
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 
+# Every Python the tests start (`python -m lpu_jax.cli...`, tests/cli_forks.py) puts neither
+# its working directory nor its script's folder on sys.path: from the repository root that
+# would put kernels/ ahead of site-packages' `kernels` (tests/test_environment.py checks).
+os.environ["PYTHONSAFEPATH"] = "1"
+
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 16)  # one per chip up to 16 chips

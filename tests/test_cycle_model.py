@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import itertools
 import json
 import math
 import shutil
@@ -132,8 +133,14 @@ def test_one_vector_op_and_the_stream_floor():
         result = schedule(jnp.exp, S((rows, 640), jnp.float32))
         (event,) = result.events
         vectors = rows * 2
-        assert event.end - event.start == vectors >= 4 * rows * 640 / (32 * 320)
+        assert event.end - event.start == vectors
         assert result.ticks == vxm_chain(vectors, 2)
+    # Many independent f32 ops together: the streams, not the ALUs, set the pace. 4 ops issue
+    # side by side in one op's time; 32 take the floor, 4 x 32 x 5,120 / (32 x 320) = 64.
+    for ops, span in ((4, 16), (32, 64)):
+        result = schedule(lambda *xs: [x + 1.0 for x in xs], *[S((8, 640), jnp.float32)] * ops)
+        assert len(result.events) == ops
+        assert max(e.end for e in result.events) - min(e.start for e in result.events) == span
 
 
 def test_elementwise_ops_chain_on_the_streams():
@@ -452,11 +459,15 @@ def test_memory_plan_and_chips_needed():
     memory = model.report(16, [16], context=256)["memory_per_chip"]
     assert not memory["fits"] and memory["weights_bytes"] > LPU["sram"]
     needed = memory["chips_needed"]
+    assert needed["chips"] > 1
     layout = model.memory.balanced(Layout(tp=needed["tp"], pp=needed["pp"]), 1, 256)
-    assert layout.num_chips == needed["chips"] > 1
     fitting = CycleModel(Deployment(big, layout, load_recipe("int8-exact"), LPU))
     memory = fitting.report(16, [16], context=256)["memory_per_chip"]
-    assert memory["fits"] and memory["sequences"] == 1
+    assert memory["fits"]
+    # and it is the fewest: no layout of fewer chips holds even the weights and the cache
+    for tp, pp in itertools.product((1, 2, 4, 8), range(1, big.num_layers + 1)):
+        if tp * pp < needed["chips"]:
+            assert model.memory.fitting(Layout(tp=tp, pp=pp), 1, 256, LPU["sram"]) is None
     most, one = memory["max_sequences"], memory
     assert most >= 1
     # The most that fit beside the weights and this run's activations; --batch reserves its own.
@@ -464,7 +475,7 @@ def test_memory_plan_and_chips_needed():
     assert full["kv_cache_bytes"] == most * one["kv_cache_bytes"]
     assert one["weights_bytes"] + full["kv_cache_bytes"] + one["activations_bytes"] <= LPU["sram"]
     over = fitting.report(16, [16], most + 1, context=256)["memory_per_chip"]
-    assert over["sequences"] == most + 1 and not over["fits"]
+    assert not over["fits"]
 
 
 def test_perfetto_trace_has_a_track_per_chip_and_unit():
@@ -497,7 +508,9 @@ def test_engine_steps_classify_every_primitive_and_report_blocks():
             step = model.step(kind, batch, 8, prompt_len=8 if kind == "prefill" else 0)
             assert step.ticks > 0
         blocks = cycles_by_block(model.step("decode", 1, 8))
-        assert set(blocks) <= set(BLOCKS) | {"other"}
+        # Work outside the model's named blocks (the step's own bookkeeping) stays small:
+        # about 2 % of the cycles here; a block lost to "other" would be far more.
+        assert blocks.get("other", 0) < 0.05 * sum(blocks.values()), blocks
         assert {"attention/qkv", "attention/core", "mlp/up", "mlp/down", "norm", "links",
                 "sampling", "lm_head"} <= set(blocks)
 

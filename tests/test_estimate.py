@@ -30,7 +30,11 @@ def test_a_sweep_of_pipeline_depths_for_llama_2_7b():
     assert deep["memory_per_chip"]["sequences"] == 1
     assert deep["pipeline_full"]["fits"] and deep["memory_per_chip"]["max_sequences"] > 8
     assert deep["pipeline_full"]["tokens_per_s"] > shallow["pipeline_full"]["tokens_per_s"]
-    assert deep["decode"]["bottleneck"] in {"MXM", "VXM", "SXM", "MEM", "C2C"}
+    # A decode step of 7B int8 weights is the matmuls' (MXM 27 % busy here, C2C 14 %): the
+    # bottleneck reported is the unit busiest in the utilisation reported beside it.
+    used = {unit: share for unit, share in deep["decode"]["utilization"].items()
+            if unit != "streams"}
+    assert deep["decode"]["bottleneck"] == max(used, key=used.get) == "MXM"
 
 
 def test_llama_2_70b_on_576_chips_fits_one_stream_at_4096_positions():

@@ -5,7 +5,7 @@ or a changed input file.
 
 CI runs a fixed set of examples (derandomized). A longer, random run:
 
-    LPU_JAX_FUZZ_EXAMPLES=20000 LPU_JAX_FUZZ_RANDOM=1 .venv/bin/python -m pytest tests/test_fuzz.py -q
+    LPU_JAX_FUZZ_EXAMPLES=20000 LPU_JAX_FUZZ_RANDOM=1 .venv/bin/pytest tests/test_fuzz.py -q
 """
 
 import copy
@@ -28,6 +28,7 @@ from lpu_jax.config import ModelConfig
 from lpu_jax.errors import UserError
 from lpu_jax.lpu import hardware
 from lpu_jax.numerics import recipe
+from lpu_jax.numerics.formats import Format
 from lpu_jax.textfiles import read_toml
 from lpu_jax.tokenizer import Tokenizer
 from tests.gguf_files import write_gguf
@@ -49,13 +50,14 @@ JUNK = st.one_of(
 
 
 def refused_or(read, check=lambda result: None):
-    """`read()` either raises UserError or gives a result that passes `check`."""
+    """`read()` either raises UserError or gives a result that passes `check`, which asserts
+    (a value it returned would be dropped, a check that could never fail)."""
     try:
         result = read()
     except UserError as e:
         assert str(e) and "\n" not in str(e).strip(), repr(e)
         return
-    check(result)
+    assert check(result) is None, "a check asserts; it returns nothing"
 
 
 def mutated(data: bytes, cut: int | None, flips: list[tuple[int, int]]) -> bytes:
@@ -207,6 +209,9 @@ def read_every_gguf_tensor(path: Path):
         assert gguf_file.read_raw(name).nbytes == info.nbytes
 
 
+WORDS = 4  # the word tokenizer's vocabulary
+
+
 @pytest.fixture(scope="module")
 def word_tokenizer(tmp_path_factory):
     """A directory with a tiny tokenizer.json, for the tokenizer files' fuzz."""
@@ -214,8 +219,8 @@ def word_tokenizer(tmp_path_factory):
     from tokenizers import models, pre_tokenizers
 
     directory = tmp_path_factory.mktemp("tokenizer")
-    backend = tokenizers.Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1, "<s>": 2, "</s>": 3},
-                                                    unk_token="[UNK]"))
+    backend = tokenizers.Tokenizer(models.WordLevel(
+        dict(zip(["[UNK]", "hi", "<s>", "</s>"], range(WORDS))), unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.save(str(directory / "tokenizer.json"))
     return directory
@@ -251,7 +256,10 @@ def test_tokenizer_files(word_tokenizer, template, bos, eos, as_file, raw_bytes)
         tokenizer = Tokenizer.from_hf_dir(word_tokenizer)
         return tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
 
-    refused_or(render, lambda ids: all(isinstance(i, int) for i in ids))
+    def check_token_ids(ids):  # the tokenizer's own ids, nothing else
+        assert all(type(i) is int and 0 <= i < WORDS for i in ids), ids
+
+    refused_or(render, check_token_ids)
 
 
 HARDWARE = read_toml(Path(hardware.shipped_or_path("hardware", "lpu-v1", "hardware")))
@@ -265,8 +273,17 @@ def test_hardware_toml(config, figure, part, value):
     raw = copy.deepcopy(HARDWARE if config == "lpu" else H100)
     names = sorted(k for k, v in raw.items() if isinstance(v, dict))
     raw[names[figure % len(names)]][part] = value
-    refused_or(lambda: hardware.parse(raw, "fuzz", "fuzz.toml"),
-               lambda spec: all(math.isfinite(f.value) for f in spec.figures.values()))
+
+    def check_figures(spec):  # each figure exactly as written, and one a hardware can have
+        for key, entry in raw.items():
+            if isinstance(entry, dict):
+                read = spec.figures[key]
+                assert (read.value, read.unit, read.source) == (
+                    entry["value"], entry["unit"], entry["source"]), key
+                assert read.estimate is entry.get("estimate", False), key
+                assert hardware.value_problem(read.unit, read.value) is None, key
+
+    refused_or(lambda: hardware.parse(copy.deepcopy(raw), "fuzz", "fuzz.toml"), check_figures)
 
 
 RECIPE = read_toml(Path(recipe.shipped_or_path("precision", "truepoint-int8", "recipe")))
@@ -280,4 +297,23 @@ def test_precision_toml(section, key, value):
     raw = copy.deepcopy(RECIPE)
     tables = sorted(k for k, v in raw.items() if isinstance(v, dict))
     raw[tables[section % len(tables)]][key] = value
-    refused_or(lambda: recipe.parse(raw, "fuzz", "fuzz.toml"))
+
+    def check_recipe(parsed):  # every key of every table read as written
+        for name, table in raw.items():
+            if isinstance(table, dict):
+                for key, written in table.items():
+                    assert recipe_entry(getattr(parsed, name), key) == written, (name, key)
+
+    refused_or(lambda: recipe.parse(copy.deepcopy(raw), "fuzz", "fuzz.toml"), check_recipe)
+
+
+def recipe_entry(read, key: str):
+    """What a parsed recipe holds for a key of one of its tables."""
+    if key == "format":  # kv_cache, links, attention_logits: the format's name
+        return read
+    weights = read if isinstance(read, Format) else read.weights
+    if key == "weights":
+        return weights.kind
+    if key in ("group_size", "block", "mantissa_bits"):
+        return getattr(weights, key)
+    return getattr(read, key)  # inputs, accumulation, chunk

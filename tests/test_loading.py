@@ -59,11 +59,18 @@ def test_legacy_rope_scaling_spelling_is_read():
 
 
 def test_mistral_window_wider_than_the_context_is_no_window():
-    config = ModelConfig.from_hf_dict(dict(
-        model_type="mistral", vocab_size=32, hidden_size=64, intermediate_size=96,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
-        sliding_window=4096))
-    assert config.model_type == "mistral"
+    """A window that covers every position the model takes is full attention, so it loads; one
+    position less would need the sliding window, which is refused."""
+    def mistral(**window):
+        return ModelConfig.from_hf_dict(dict(
+            model_type="mistral", vocab_size=32, hidden_size=64, intermediate_size=96,
+            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128, **window))
+
+    for covering in (dict(sliding_window=4096), dict(sliding_window=128),
+                     dict(sliding_window=8, use_sliding_window=False)):
+        assert mistral(**covering).max_position_embeddings == 128
+    with pytest.raises(UserError, match="unsupported sliding_window=127"):
+        mistral(sliding_window=127)
 
 
 def test_shard_missing_from_an_index_is_named(tiny_checkpoints, tmp_path):

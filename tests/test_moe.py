@@ -114,7 +114,8 @@ def test_grouped_dot_equals_ragged_dot(rows):
     rng = np.random.default_rng(rows)
     x = rng.normal(size=(rows, 16)).astype(np.float32)
     experts = rng.normal(size=(4, 16, 8)).astype(np.float32)
-    groups = np.array([1, 0, rows // 2, 1], np.int32)  # an empty run; rows past the runs
+    groups = np.array([1, 0, rows // 2, 0], np.int32)  # empty runs; rows past the runs
+    assert groups.sum() < rows
     ours = grouped_dot(jnp.asarray(x), tuple(jnp.asarray(experts)), jnp.asarray(groups))
     theirs = jax.lax.ragged_dot(x, experts, groups)
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
@@ -163,7 +164,7 @@ def test_int8_exact_logits_do_not_depend_on_how_experts_are_split(tiny_checkpoin
     for result in run_each(GENERATE, cases).values():
         assert result.returncode == 0, result.stderr
     one = np.load(tmp_path / "one.npy")
-    for name in layouts:
+    for name in layouts.keys() - {"one"}:
         np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), one, err_msg=name)
 
 

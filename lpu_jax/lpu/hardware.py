@@ -161,6 +161,9 @@ def parse(raw: dict, name: str, source: str) -> HardwareSpec:
             raise UserError(f"{source}: [{key}] value {problem}")
         if not isinstance(cited, str) or not cited.strip():
             raise UserError(f"{source}: [{key}] has no source")
-        figures[key] = Figure(float(value), unit, cited, bool(entry.get("estimate", False)))
+        estimate = entry.get("estimate", False)
+        if not isinstance(estimate, bool):
+            raise UserError(f"{source}: [{key}] estimate must be true or false, got {estimate!r}")
+        figures[key] = Figure(float(value), unit, cited, estimate)
     return HardwareSpec(name, kind, description, MappingProxyType(figures))
 
