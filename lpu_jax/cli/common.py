@@ -49,6 +49,22 @@ def prompt_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
             flags.DEFINE_integer("max_new_tokens", 128, "Most new tokens to generate."))
 
 
+def prompt_ids_flag() -> flags.FlagHolder:
+    """--prompt_ids: a prompt as token ids, for checkpoints without a tokenizer."""
+    return flags.DEFINE_string("prompt_ids", None, "Prompt as comma-separated token ids, "
+                               "e.g. 1,2,3 (instead of --prompt).")
+
+
+def parse_prompt_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--prompt_ids must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise UserError("--prompt_ids is empty")
+    return ids
+
+
 def prompt_text(prompt: flags.FlagHolder) -> str | None:
     """--prompt, refused when given empty (an empty prompt has nothing to continue)."""
     if prompt.value is not None and not prompt.value:

@@ -19,8 +19,7 @@ _RANDOM_WEIGHTS = flags.DEFINE_bool("random_weights", False, "Run a model of --c
                                     "with weights drawn from --seed, stored in --precision's "
                                     "formats (no checkpoint; text is read as UTF-8 bytes).")
 _PROMPT, _MAX_NEW_TOKENS = common.prompt_flags()
-_PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "Prompt as comma-separated token ids, "
-                                  "e.g. 1,2,3 (instead of --prompt).")
+_PROMPT_IDS = common.prompt_ids_flag()
 _CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt in the checkpoint's chat template.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 means greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
@@ -77,16 +76,6 @@ def model_config():
     return ModelConfig.shipped_or_file(_CONFIG.value)
 
 
-def parse_prompt_ids(text: str) -> list[int]:
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--prompt_ids must be comma-separated integers, got {text!r}") from None
-    if not ids:
-        raise UserError("--prompt_ids is empty")
-    return ids
-
-
 def prompt_batch(tokenizer) -> tuple[list[list[int]], bool]:
     """The prompts as token ids, and whether they came as a batch (--prompts_file)."""
     given = [f for f in (_PROMPT, _PROMPT_IDS, _PROMPTS_FILE) if f.value is not None]
@@ -95,7 +84,7 @@ def prompt_batch(tokenizer) -> tuple[list[list[int]], bool]:
     if _PROMPT_IDS.value is not None:
         if _CHAT.value:
             raise UserError("--chat needs --prompt text, not --prompt_ids")
-        return [parse_prompt_ids(_PROMPT_IDS.value)], False
+        return [common.parse_prompt_ids(_PROMPT_IDS.value)], False
     if tokenizer is None:
         raise UserError("this checkpoint ships no tokenizer lpu_jax can read; use --prompt_ids")
     texts = [common.prompt_text(_PROMPT)] if _PROMPT.value is not None else read_prompts_file()
