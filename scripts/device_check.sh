@@ -13,7 +13,11 @@ if (( ${#wheels[@]} )); then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
     "${wheels[@]}"
 fi
-"$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
-  --no-cache-dir --target "$site" .
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# Built with the carried setuptools (first on PYTHONPATH), from a copy: no build/ left behind
+# in the tree to go stale between calls.
+source=$(mktemp -d)
+cp -r pyproject.toml README.md lpu_jax kernels configs "$source"
+"$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+  --no-cache-dir --target "$site" "$source"
 exec "$PYTHON" -P scripts/device_check.py --out "${OUT:-device_check_out}" "$@"

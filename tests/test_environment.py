@@ -50,8 +50,9 @@ def test_the_repository_root_is_not_on_the_import_path():
 def test_no_repository_folder_shadows_an_installed_distribution():
     provided = importlib.metadata.packages_distributions()
     clashes = sorted((repository_top_level_names() & set(provided)) - OWN_TOP_LEVEL)
-    shadowed = {name: importlib.util.find_spec(name).origin for name in clashes
-                if inside_repository(importlib.util.find_spec(name).origin)}
+    found = {name: importlib.util.find_spec(name) for name in clashes}
+    shadowed = {name: spec.origin for name, spec in found.items()
+                if spec is not None and inside_repository(spec.origin)}
     assert shadowed == {}, f"found in the repository, not in site-packages: {shadowed}"
 
 

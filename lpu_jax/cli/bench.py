@@ -54,6 +54,9 @@ def transformers_decode_rate(source: str, ids: list[int], new_tokens: int,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = transformers.AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch.float32, **kwargs).to(device).eval()
+    # No stop token, as on lpu_jax's side. Not min_new_tokens: that masks the stop token's
+    # logit, so the greedy tokens part wherever the model would choose it.
+    model.generation_config.eos_token_id = model.config.eos_token_id = None
     prompt = torch.tensor([ids], device=device)
 
     def generate(n: int) -> tuple[float, list[int]]:
@@ -61,8 +64,7 @@ def transformers_decode_rate(source: str, ids: list[int], new_tokens: int,
             torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 pad_token_id=0)
+            out = model.generate(prompt, max_new_tokens=n, do_sample=False, pad_token_id=0)
         if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start, out[0, len(ids):].tolist()
@@ -92,13 +94,14 @@ def main() -> None:
 
     if _PROMPT.value is not None and _PROMPT_IDS.value is not None:
         raise UserError("pass at most one of --prompt and --prompt_ids")
+    ids = common.parse_prompt_ids(_PROMPT_IDS.value) if _PROMPT_IDS.value is not None else None
+    prompt = common.prompt_text(_PROMPT) or DEFAULT_PROMPT
     model = load_model(_MODEL.value)
-    if _PROMPT_IDS.value is not None:
-        ids = common.parse_prompt_ids(_PROMPT_IDS.value)
-    elif model.tokenizer is None:
-        raise UserError("this checkpoint ships no tokenizer lpu_jax can read; use --prompt_ids")
-    else:
-        ids = model.tokenizer.encode(common.prompt_text(_PROMPT) or DEFAULT_PROMPT)
+    if ids is None:
+        if model.tokenizer is None:
+            raise UserError("this checkpoint ships no tokenizer lpu_jax can read; use "
+                            "--prompt_ids")
+        ids = model.tokenizer.encode(prompt)
     ours, our_tokens = lpu_jax_decode_rate(model, ids, new_tokens, _REPEATS.value)
     theirs, their_tokens, peer = transformers_decode_rate(model.source, ids, new_tokens,
                                                           _REPEATS.value)

@@ -134,9 +134,10 @@ def _check_memory(config: ModelConfig, layout: Layout, placement: Placement, pre
     if free is not None and needed > free:
         with_copy = " and their f32 execution copy" if copy else ""
         device = placement.devices[0]
-        remedy = ("--execution widen (no f32 copy), a smaller recipe or a machine with more "
-                  "memory" if placement.on_cpu else
+        remedy = ("a smaller recipe or a machine with more memory" if placement.on_cpu else
                   "more devices (one chip each), a smaller recipe or another layout")
+        if copy:
+            remedy = f"--execution widen (no f32 copy), {remedy}"
         raise UserError(f"the {precision.name} weights{with_copy} need {needed / 1e9:.2f} GB on "
                         f"{device.platform}:{device.id}, which has {free / 1e9:.2f} GB free; "
                         f"use {remedy}")
