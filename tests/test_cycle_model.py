@@ -504,8 +504,9 @@ def test_engine_steps_classify_every_primitive_and_report_blocks():
     for recipe in available_recipes():
         model = CycleModel(Deployment(config, Layout(tp=2, pp=2), load_recipe(recipe), LPU,
                                       sampling))
-        for kind, batch in (("prefill", 1), ("decode", 1), ("ring", 2)):
-            step = model.step(kind, batch, 8, prompt_len=8 if kind == "prefill" else 0)
+        for kind, batch, tokens in (("prefill", 1, 8), ("decode", 1, 0), ("verify", 1, 4),
+                                    ("ring", 2, 0)):
+            step = model.step(kind, batch, 8, prompt_len=tokens)
             assert step.ticks > 0
         blocks = cycles_by_block(model.step("decode", 1, 8))
         # Work outside the model's named blocks (the step's own bookkeeping) stays small:

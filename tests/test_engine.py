@@ -119,5 +119,28 @@ def test_an_unknown_step_kind_is_an_error_not_a_fallback():
     for use in (lambda: program.step("tick"), lambda: program.step_arguments("tick", 2, 2),
                 lambda: program.initial_state("tick", config, Layout(), 1, 8, "float32")):
         with pytest.raises(ValueError, match="unknown step kind 'tick'; the steps are prefill, "
-                                             "decode, ring"):
+                                             "decode, verify, ring"):
             use()
+
+
+@pytest.mark.parametrize("layout, fold", [(None, None), ((3, 2), True), ((3, 2), False)])
+def test_a_verify_step_gives_every_position_what_decode_steps_give(tiny, layout, fold):
+    """The step over K + 1 tokens (speculative decoding's verify) from a prefilled cache: at
+    each position the logits and the token that decode steps there give, one step, one shape."""
+    from lpu_jax.chips.layout import Layout
+    from lpu_jax.engine.generate import WallTimes
+
+    engine = Engine(tiny, layout=Layout(*layout) if layout else Layout(), fold=fold)
+    prompt = tiny_models.random_prompt(9, seed=21)
+    decoded = engine.generate(prompt, 7, stop_token_ids=(), keep_logits=True)
+    (seq,), cache_len, prompt_len = engine._plan([prompt], 7, ())
+    first, cache = engine._prefill([prompt], [seq], cache_len, prompt_len, WallTimes(), False)
+    assert int(first[0]) == decoded.tokens[0]
+    verify, _ = engine._executable("verify", 1, cache_len, 6)
+    drafted = np.asarray([decoded.tokens[:6]], np.int32)  # K = 5 drafted after the first
+    tokens, logits, _ = verify(engine.params, cache, drafted, np.int32(len(prompt)),
+                               np.full(1, 6, np.int32), engine._seed)
+    assert np.asarray(tokens)[0].tolist() == decoded.tokens[1:]
+    scale = np.abs(decoded.logits).max()
+    np.testing.assert_allclose(np.asarray(logits)[0], decoded.logits[1:], rtol=0,
+                               atol=1e-5 * scale)

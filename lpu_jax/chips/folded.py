@@ -98,14 +98,14 @@ class Grid:
                 KVCache(k=tuple(k), v=tuple(v)))
 
     @staticmethod
-    def logits(params, config, layout, precision, x_B1D):
+    def logits(params, config, layout, precision, x_BTD):
         """Each chip's block of the logits, side by side in chip order: the blocks hold their
         chips' rows and nothing else (split_folded), so the columns are the tokens in order."""
         head = params.embed_DV if params.lm_head_DV is None else params.lm_head_DV
         with jax.named_scope("lm_head"):
-            blocks = [matmul(x_B1D, block, precision.lm_head) for block in head.blocks
+            blocks = [matmul(x_BTD, block, precision.lm_head) for block in head.blocks
                       if block.shape[-1]]
-        return jnp.concatenate(blocks, -1)[:, 0]
+        return jnp.concatenate(blocks, -1)
 
 
 def ring_tick(params: Params, state: program.RingState, tokens_M, tick, positions_B, seed, *,
@@ -141,7 +141,7 @@ def ring_tick(params: Params, state: program.RingState, tokens_M, tick, position
 def step(kind: str, **static):
     """The step of `kind` over a folded grid: (params, state, *arguments, seed) -> (token,
     logits, state), like program.step's on one chip."""
-    if kind == "ring":
+    if program.step_kind(kind).ring:
         return functools.partial(ring_tick, **static)
     return functools.partial(program.step(kind), chips=Grid, **static)
 
@@ -150,11 +150,11 @@ def initial_state(kind: str, config: ModelConfig, layout: Layout, batch: int, le
                   kv_cache_dtype) -> KVCache | program.RingState:
     """The folded grid's state before a step of `kind` (zeros): the KV cache of every layer,
     [tp, ...] for the stage's chips; for the ring, what each stage holds [pp, M, 1, D]."""
-    program.step(kind)
+    ring = program.step_kind(kind).ring
     one_chip = KVCache.zeros(config, batch, length, kv_cache_dtype,
                              kv_heads=layout.kv_heads_per_chip(config), layers=config.num_layers)
     cache = jax.tree.map(lambda a: jnp.zeros((layout.tp, *a.shape), a.dtype), one_chip)
-    if kind != "ring":
+    if not ring:
         return cache
     return program.RingState(cache, jnp.zeros((layout.pp, batch // layout.pp, 1,
                                                config.hidden_size), jnp.float32))

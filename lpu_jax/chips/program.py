@@ -1,4 +1,10 @@
-"""The per-chip program: one prefill or decode step of one emulated chip, collectives explicit.
+"""The per-chip program: one step of one emulated chip, collectives explicit.
+
+One step, `forward`, takes tokens [B, T] from a start position: prefill is T = the prompt's
+bucket from position 0, decode T = 1 at the newest token's position, and a verify step T = K + 1
+drafted tokens with the logits of every position. The token ring runs the same layers over
+micro-batches (`ring_tick`). STEPS is the one table of step kinds: the engine compiles from it
+and the cycle model schedules from it.
 
 Pipeline stages form a conveyor: the embedded tokens enter stage 0, and after each tick every
 stage hands its activations to the next with ppermute. In single-stream mode one token (or one
@@ -14,6 +20,10 @@ schedules. Chips folded onto one device run the same steps stage by stage (chips
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -92,11 +102,11 @@ def conveyor(params: Params, config: ModelConfig, layout: Layout, tokens_BT: jax
     return rms_norm(x, params.final_norm_D, config.rms_norm_eps), cache
 
 
-def _in_token_order(logits_BV, config: ModelConfig, layout: Layout):
+def _in_token_order(logits_BTV, config: ModelConfig, layout: Layout):
     """The chips' gathered vocabulary blocks -> one column per token, in token order."""
     if layout.vocab_rows:  # the chips' blocks are unequal: pick each token's column
-        return jnp.take(logits_BV, layout.vocab_columns(config.vocab_size), axis=1)
-    return logits_BV[:, :config.vocab_size]
+        return jnp.take(logits_BTV, layout.vocab_columns(config.vocab_size), axis=-1)
+    return logits_BTV[..., :config.vocab_size]
 
 
 class OneChip:
@@ -109,39 +119,48 @@ class OneChip:
         return conveyor(params, config, layout, tokens_BT, start, cache, precision)
 
     @staticmethod
-    def logits(params, config, layout, precision, x_B1D):
-        logits_B1V = logits_from_hidden(params, x_B1D, layout.vocab_axes, precision)
-        return _in_token_order(logits_B1V[:, 0], config, layout)
+    def logits(params, config, layout, precision, x_BTD):
+        logits_BTV = logits_from_hidden(params, x_BTD, layout.vocab_axes, precision)
+        return _in_token_order(logits_BTV, config, layout)
+
+
+def _key(seed, step):
+    """The sampling key of a step (the position of the token sampled from): every chip and
+    every process draws the same token with no key to ship around."""
+    return jax.random.fold_in(jax.random.key(seed), step)
 
 
 def next_token(chips, params, config, layout, sampling, precision, x_B1D, seed, step):
-    """Logits and the sampled token; the key comes from the seed and the step, so every chip and
-    every process draws the same token with no key to ship around."""
-    logits_BV = chips.logits(params, config, layout, precision, x_B1D)
+    """Logits [B, V] and the token sampled from them with the step's key."""
+    logits_BV = chips.logits(params, config, layout, precision, x_B1D)[:, 0]
     with jax.named_scope("sampling"):
-        key = jax.random.fold_in(jax.random.key(seed), step)
-        return sample(logits_BV, key, sampling), logits_BV
+        return sample(logits_BV, _key(seed, step), sampling), logits_BV
 
 
-def prefill(params: Params, cache: KVCache, tokens_BT, lengths_B, seed, *, config: ModelConfig,
-            layout: Layout, sampling: SamplingConfig, precision: Recipe = REFERENCE,
-            chips=OneChip):
-    """Padded prompts from position 0; for each, the token after its last real entry."""
-    x, cache = chips.conveyor(params, config, layout, tokens_BT, jnp.int32(0), cache, precision)
-    last_B1D = jnp.take_along_axis(x, (lengths_B - 1)[:, None, None], axis=1)
+def forward(params: Params, cache: KVCache, tokens_BT, start, lengths_B, seed, *,
+            config: ModelConfig, layout: Layout, sampling: SamplingConfig,
+            precision: Recipe = REFERENCE, chips=OneChip, every_position: bool = False):
+    """Tokens [B, T] written to the cache from position `start`, row b's first lengths_B[b]
+    real (the rest padding). Returns the token after each row's last real entry with the logits
+    it was sampled from, [B] and [B, V]; with every_position, the token after each position
+    and its logits, [B, T] and [B, T, V] (each sampled with its position's key, as a decode
+    step there would be), as verifying drafted tokens needs. And the new cache."""
+    x, cache = chips.conveyor(params, config, layout, tokens_BT, start, cache, precision)
+    T = tokens_BT.shape[1]
+    if every_position:
+        logits_BTV = chips.logits(params, config, layout, precision, x)
+        with jax.named_scope("sampling"):
+            keys = jax.vmap(lambda t: _key(seed, start + t))(jnp.arange(T))
+            tokens_BT = jax.vmap(lambda logits, key: sample(logits, key, sampling),
+                                 in_axes=(1, 0), out_axes=1)(logits_BTV, keys)
+        return tokens_BT, logits_BTV, cache
+    if T == 1:  # decode: one real entry per row
+        last_B1D, step = x, start
+    else:
+        last_B1D = jnp.take_along_axis(x, (lengths_B - 1)[:, None, None], axis=1)
+        step = start + jnp.max(lengths_B) - 1
     token, logits = next_token(chips, params, config, layout, sampling, precision, last_B1D,
-                                seed, jnp.max(lengths_B) - 1)
-    return token, logits, cache
-
-
-def decode(params: Params, cache: KVCache, token_B, position, seed, *, config: ModelConfig,
-           layout: Layout, sampling: SamplingConfig, precision: Recipe = REFERENCE,
-           chips=OneChip):
-    """One token at `position`; the token after it."""
-    x, cache = chips.conveyor(params, config, layout, token_B[:, None], position, cache,
-                              precision)
-    token, logits = next_token(chips, params, config, layout, sampling, precision, x, seed,
-                                position)
+                                seed, step)
     return token, logits, cache
 
 
@@ -179,14 +198,44 @@ def ring_tick(params: Params, state: RingState, tokens_M, tick, positions_B, see
     return token, logits, RingState(cache, held)
 
 
-STEPS = {"prefill": prefill, "decode": decode, "ring": ring_tick}
+def _i32(*shape: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.int32)
 
 
-def step(kind: str):
-    """The per-chip step function of a kind; an unknown kind is an error, never a fallback."""
+@dataclasses.dataclass(frozen=True)
+class StepKind:
+    """A step the engine compiles and the cycle model schedules: its per-chip function (taking
+    params, state, *arguments, seed) and the shapes of its arguments for (batch, pp, tokens),
+    tokens being a row's T (prefill: the prompt's bucket; verify: K + 1)."""
+
+    function: Callable
+    arguments: Callable[[int, int, int], tuple[jax.ShapeDtypeStruct, ...]]
+    ring: bool = False  # its state carries the activations each stage holds
+
+
+STEPS = {
+    # tokens [B, T], the start position, each row's real entries
+    "prefill": StepKind(forward, lambda batch, pp, tokens: (_i32(batch, tokens), _i32(),
+                                                            _i32(batch))),
+    "decode": StepKind(forward, lambda batch, pp, tokens: (_i32(batch, 1), _i32(), _i32(batch))),
+    "verify": StepKind(functools.partial(forward, every_position=True),
+                       lambda batch, pp, tokens: (_i32(batch, tokens), _i32(), _i32(batch))),
+    # the entering micro-batch's tokens, the tick, every row's position
+    "ring": StepKind(ring_tick, lambda batch, pp, tokens: (_i32(batch // pp), _i32(),
+                                                           _i32(batch)), ring=True),
+}
+
+
+def step_kind(kind: str) -> StepKind:
+    """The table's entry; an unknown kind is an error, never a fallback."""
     if kind not in STEPS:
         raise ValueError(f"unknown step kind {kind!r}; the steps are {', '.join(STEPS)}")
     return STEPS[kind]
+
+
+def step(kind: str):
+    """The per-chip step function of a kind."""
+    return step_kind(kind).function
 
 
 def initial_state(kind: str, config: ModelConfig, layout: Layout, batch: int, length: int,
@@ -194,23 +243,15 @@ def initial_state(kind: str, config: ModelConfig, layout: Layout, batch: int, le
     """One chip's state before a step of `kind`: its KV cache of `length` positions for `batch`
     sequences (zeros), and for the token ring the activations each stage holds (zeros). The
     engine places it on the chips; the cycle model takes its shapes (jax.eval_shape)."""
-    step(kind)
     cache = KVCache.zeros(config, batch, length, kv_cache_dtype,
                           kv_heads=layout.kv_heads_per_chip(config),
                           layers=layout.layer_slots(config.num_layers))
-    if kind != "ring":
+    if not step_kind(kind).ring:
         return cache
     return RingState(cache, jnp.zeros((batch // layout.pp, 1, config.hidden_size), jnp.float32))
 
 
 def step_arguments(kind: str, batch: int, pp: int,
-                   prompt_len: int = 0) -> tuple[jax.ShapeDtypeStruct, ...]:
-    """The shapes of a step's arguments between the state and the seed: prefill takes tokens
-    [batch, prompt_len] and lengths; decode a token per row and the position; a ring tick the
-    entering micro-batch's tokens, the tick and every row's position."""
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
-    arguments = {"prefill": lambda: (i32(batch, prompt_len), i32(batch)),
-                 "decode": lambda: (i32(batch), i32()),
-                 "ring": lambda: (i32(batch // pp), i32(), i32(batch))}
-    step(kind)
-    return arguments[kind]()
+                   tokens: int = 0) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """The shapes of a step's arguments between the state and the seed (STEPS' entry)."""
+    return step_kind(kind).arguments(batch, pp, tokens)

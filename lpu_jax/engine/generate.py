@@ -280,7 +280,7 @@ class Engine:
         start = time.perf_counter()
         tokens, logits, cache = prefill(self.params,
                                         self._initial_state("prefill", len(prompts), cache_len),
-                                        padded, lengths, self._seed)
+                                        padded, np.int32(0), lengths, self._seed)
         tokens = np.array(tokens)  # a writable copy: the ring updates it
         for row, seq in enumerate(sequences):
             seq.tokens.append(int(tokens[row]))
@@ -307,9 +307,11 @@ class Engine:
             wall.compile_s += seconds
 
         start = time.perf_counter()
+        one = np.ones(1, np.int32)  # the decode step's one real entry per row
         while not seq.done:
             position = np.int32(seq.prompt_len + len(seq.tokens) - 1)
-            token, logits, cache = decode(self.params, cache, token, position, self._seed)
+            token, logits, cache = decode(self.params, cache, token[:, None], position, one,
+                                          self._seed)
             seq.tokens.append(int(token[0]))
             if keep_logits:
                 seq.logits.append(np.asarray(logits[0]))
