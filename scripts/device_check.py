@@ -487,7 +487,7 @@ def write_random_checkpoint(raw: dict, path: Path) -> None:
 def item_bench(run: ItemContext) -> None:
     path, what = smollm2_checkpoint(run.small, run.scratch)
     command = [sys.executable, "-m", "lpu_jax.cli.bench", "--model", path, "--json",
-               "--max_new_tokens", "4" if run.small else "64",
+               "--max_new_tokens", "16" if run.small else "64",  # enough to time
                "--repeats", "1" if run.small else "3"]
     if not path.endswith(".gguf"):  # a random checkpoint has no tokenizer
         command += ["--prompt_ids", ",".join(map(str, TOKEN_PROMPT))]

@@ -88,7 +88,7 @@ def test_bench_tokens_across_platforms_and_the_estimate(small_run):
     (bench,) = records(result, "d", "bench")
     assert bench["tokens_equal"] and bench["first_difference"] is None
     assert positive(bench["lpu_jax_decode_tokens_per_s"]) and positive(bench["ratio"])
-    assert bench["new_tokens"] == 4 and "random weights" in bench["checkpoint"]
+    assert bench["new_tokens"] == 16 and "random weights" in bench["checkpoint"]
     tokens = records(result, "e", "tokens")
     assert [t["tp"] for t in tokens] == [1, 3]
     assert all(t["equal"] and t["tokens"] == 4 and t["first_difference"] is None

@@ -70,9 +70,14 @@ def transformers_decode_rate(source: str, ids: list[int], new_tokens: int,
         return time.perf_counter() - start, out[0, len(ids):].tolist()
 
     _, tokens = generate(new_tokens)  # warm-up
-    rates = [(new_tokens - 1) / (generate(new_tokens)[0] - generate(1)[0])
-             for _ in range(repeats)]
-    return statistics.median(rates), tokens, f"torch {torch.__version__} on {device}, float32"
+    # Decode time = a full generate less a one-token one (its prefill), medians of each.
+    full = statistics.median(generate(new_tokens)[0] for _ in range(repeats))
+    prefill = statistics.median(generate(1)[0] for _ in range(repeats))
+    if full <= prefill:  # a decode this short drowns in the timer's noise
+        raise UserError(f"transformers decoded {new_tokens} tokens no slower than one: too "
+                        "short to time; raise --max_new_tokens")
+    return ((new_tokens - 1) / (full - prefill), tokens,
+            f"torch {torch.__version__} on {device}, float32")
 
 
 def first_difference(ours: list[int], theirs: list[int]) -> int | None:
