@@ -65,6 +65,8 @@ class LayerParams:
     w_gate_EDF: Stored | tuple | None = None
     w_up_EDF: Stored | tuple | None = None
     w_down_EFD: Stored | tuple | None = None
+    # Which experts those are (chips.layout.ExpertGroups); None: all of them, whole.
+    expert_groups: object = struct.field(pytree_node=False, default=None)
     # Present only when the config asks for biases (attention_bias / mlp_bias); None otherwise.
     bq_N: Array | None = None
     bk_K: Array | None = None
@@ -248,10 +250,10 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
     chosen experts' SwiGLUs.
 
     Every chip holds every token and the whole router, and routes them all; it runs only the
-    experts it holds (chips/split.py: E / ep of them, its tp / ep-th of their columns), on the
-    (token, choice) pairs routed to them, grouped by expert with static shapes: the pairs are
-    sorted by expert and each expert multiplies its run (numerics.matmul.grouped_dot), the
-    pairs of experts held elsewhere falling past the runs. The partial outputs are added over
+    experts it holds (layer.expert_groups, decided by chips/: E / ep of them, its tp / ep-th of
+    their columns), on the (token, choice) pairs routed to them, grouped by expert with static
+    shapes: the pairs are sorted by expert and each expert multiplies its run
+    (numerics.matmul.grouped_dot), the pairs of experts held elsewhere falling past the runs. The partial outputs are added over
     the tp chips with the same psum as the dense MLP's down projection. No token is dropped and
     no shape depends on the routing, so one compiled step serves every routing.
 
@@ -269,11 +271,10 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
         if not isinstance(layer.w_gate_EDF, (tuple, PerChip)):  # the whole model, stacked
             layer = layer.replace(**{name: experts_apart(getattr(layer, name))
                                      for name in ("w_gate_EDF", "w_up_EDF", "w_down_EFD")})
-        gate_here = one_chip(layer.w_gate_EDF)  # this chip's experts
-        experts_here, columns_here = len(gate_here), gate_here[0].shape[-1]
-        chips_per_expert = cfg.intermediate_size // columns_here
-        chip = jax.lax.axis_index(tp_axis) if tp_axis is not None else 0
-        local_R = expert_MK.reshape(-1) - (chip // chips_per_expert) * experts_here
+        groups = layer.expert_groups
+        experts_here = len(one_chip(layer.w_gate_EDF))  # this chip's experts
+        split = groups is not None and groups.splits_columns
+        local_R = expert_MK.reshape(-1) - (0 if groups is None else groups.first_expert())
         held_R = (local_R >= 0) & (local_R < experts_here)
         order_R = jnp.argsort(jnp.where(held_R, local_R, experts_here), stable=True)
         groups_E = jnp.sum(jnp.where(held_R[:, None], local_R[:, None], -1)
@@ -287,7 +288,7 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
         hidden_RF = jax.nn.silu(gate) * up
     with jax.named_scope("mlp/down"):
         largest, sum_rows = None, None
-        if chips_per_expert > 1:  # a pair's hidden vector is split over the chips of its group
+        if split:  # a pair's hidden vector is split over the chips of its group
 
             def over_pairs(rows_RX, reduce):
                 """Each of this chip's rows reduced with the same pair's rows on every chip."""
@@ -304,7 +305,7 @@ def moe(layer: LayerParams, x_BTD: Array, cfg: ModelConfig, tp_axis: str | None 
                       sum_rows=sum_rows)
         if sum_rows is not None:  # whole on every chip of the group: the first one adds it
             mine_R = ((jnp.arange(y_RD.shape[0]) < jnp.sum(groups_E))
-                      & (chip % chips_per_expert == 0))
+                      & groups.adds_output())
             y_RD = jnp.where(mine_R[:, None], y_RD, 0.0)
         weight_R = jnp.take(weight_MK.reshape(-1), order_R)
         y_MD = jnp.zeros((B * T, D), jnp.float32).at[token_R].add(y_RD * weight_R[:, None])

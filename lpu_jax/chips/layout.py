@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 from lpu_jax.config import ModelConfig
@@ -72,6 +73,12 @@ class Layout:
             raise UserError(f"--pp={self.pp} is larger than the model's {config.num_layers} "
                             f"layers; use at most {config.num_layers} pipeline stages")
 
+    def expert_groups(self, config: ModelConfig) -> ExpertGroups | None:
+        """How a stage's chips hold a mixture's experts (None for a dense model)."""
+        if not config.num_experts:
+            return None
+        return ExpertGroups(config.num_experts // self.ep, self.tp // self.ep, self.tp_axis)
+
     def describe(self) -> str:
         return f"tp={self.tp}{f' ep={self.ep}' if self.ep > 1 else ''} pp={self.pp}"
 
@@ -112,6 +119,34 @@ class Layout:
     def layer_slots(self, num_layers: int) -> int:
         """Layers per stage in the per-chip program; shorter stages fill up with identity layers."""
         return -(-num_layers // self.pp)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertGroups:
+    """Which experts a chip holds, for model.moe: its group of chips_per_expert chips (in tp
+    order) holds experts_per_chip consecutive experts, each chip a 1 / chips_per_expert share of
+    their columns. A static part of a chip's layers (the same on every chip); the chip's place
+    comes from its index on tp_axis."""
+
+    experts_per_chip: int
+    chips_per_expert: int
+    tp_axis: str | None
+
+    def _chip(self) -> jax.Array | int:
+        return 0 if self.tp_axis is None else jax.lax.axis_index(self.tp_axis)
+
+    def first_expert(self) -> jax.Array | int:
+        """The id of this chip's first expert."""
+        return self._chip() // self.chips_per_expert * self.experts_per_chip
+
+    @property
+    def splits_columns(self) -> bool:
+        """Whether a (token, expert) pair's hidden vector is split over several chips."""
+        return self.chips_per_expert > 1
+
+    def adds_output(self) -> jax.Array | bool:
+        """Whether this chip adds the output of a pair split over its group (the first does)."""
+        return self._chip() % self.chips_per_expert == 0
 
 
 def layouts_within(config: ModelConfig, most_chips: int | None = None,

@@ -84,7 +84,8 @@ def split_layer(layer: LayerParams, config: ModelConfig, layout: Layout) -> Laye
         return (experts_apart(shares, axis=1) if "E" in t.axes and shares is not None
                 else shares)
 
-    return LayerParams(**{t.field: share(t) for t in LAYER_TENSORS})
+    return LayerParams(**{t.field: share(t) for t in LAYER_TENSORS},
+                       expert_groups=layout.expert_groups(config))
 
 
 def _identity_layer(like: LayerParams) -> LayerParams:
